@@ -1,0 +1,158 @@
+"""Parsed examples (text, before tokenization), the malformed-row error and the counters.
+
+Every record format of `alignjax.data.formats` parses a raw row into one of five example types:
+
+  SFTExample          chat `messages`; every assistant turn is trained
+  PairExample         shared prompt + chosen / rejected final responses (RM, DPO family)
+  UnpairedExample     prompt + completion + desirable/undesirable label (KTO)
+  CorrectionExample   question + original answer + correction (Aligner)
+  PromptExample       prompt only (RL rollouts, generation, evaluation)
+
+A prompt is always a tuple of chat messages `{"role": ..., "content": ...}` ending with a
+non-assistant turn; the tokenizer's chat template renders it (`alignjax.data.chat`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Message = Mapping[str, str]
+Messages = tuple[Message, ...]
+
+# Counter names (fixed, like metric names). Reading and parsing:
+ROWS = "rows"  # raw rows read from the source
+MALFORMED_SKIPPED = "malformed_skipped"  # rows skipped with on_malformed="skip"
+IDENTICAL_PAIRS = "identical_pairs_dropped"  # chosen == rejected
+NO_PREFERENCE = "no_preference_dropped"  # judge gave no winner (AlpacaEval preference 0)
+HH_COMMON_PREFIX = "hh_prompt_from_common_prefix"  # transcripts disagree before their last turn
+EXAMPLES = "examples"  # examples kept after parsing
+# Tokenization and truncation (alignjax.data.tokenize):
+TRUNCATED_PROMPT = "truncated_prompt"
+TRUNCATED_RESPONSE = "truncated_response"
+DROPPED_TOO_LONG = "dropped_too_long"
+TOKENIZED = "tokenized"  # examples kept after truncation
+
+
+class MalformedRowError(ValueError):
+    """A raw row lacks a field or has one of the wrong type.
+
+    The message names the file, the line (or row) and the field, e.g.
+    `data/train.jsonl:17: field 'chosen': missing (row has 'prompt', 'rejected')`.
+    """
+
+    def __init__(self, location: str, field: str, problem: str):
+        super().__init__(f"{location}: field '{field}': {problem}")
+        self.location = location
+        self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    """A conversation to imitate; every assistant turn (+ EOS) is trained.
+
+    Attributes:
+      messages: the conversation, ending with an assistant turn.
+      origin: where the row came from, e.g. `file.jsonl:12`.
+    """
+
+    messages: Messages
+    origin: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PairExample:
+    """A preference pair: one prompt, two final responses, the first preferred."""
+
+    prompt: Messages
+    chosen: str
+    rejected: str
+    origin: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class UnpairedExample:
+    """A single completion labelled desirable (True) or undesirable (False), for KTO."""
+
+    prompt: Messages
+    completion: str
+    label: bool
+    origin: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectionExample:
+    """An Aligner triplet: the correction of `answer` to `question` is trained."""
+
+    question: str
+    answer: str
+    correction: str
+    origin: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptExample:
+    """A prompt without a response."""
+
+    prompt: Messages
+    origin: str = ""
+
+
+Example = SFTExample | PairExample | UnpairedExample | CorrectionExample | PromptExample
+
+# The kind of each example type; batches are collated by kind (`alignjax.data.collate`).
+KINDS: dict[type, str] = {
+    SFTExample: "sft",
+    PairExample: "pair",
+    UnpairedExample: "unpaired",
+    CorrectionExample: "correction",
+    PromptExample: "prompt",
+}
+
+
+def kind_of(examples: Sequence[Example]) -> str:
+    """The kind shared by all `examples` ("sft", "pair", "unpaired", "correction", "prompt")."""
+    kinds = {KINDS[type(ex)] for ex in examples}
+    if len(kinds) != 1:
+        raise ValueError(f"expected examples of one kind, got {sorted(kinds) or 'none'}")
+    return kinds.pop()
+
+
+def user_prompt(text: str) -> Messages:
+    """A single-turn prompt."""
+    return ({"role": "user", "content": text},)
+
+
+def unpair(pairs: Iterable[PairExample]) -> list[UnpairedExample]:
+    """Splits preference pairs into KTO examples: chosen -> desirable, rejected -> undesirable."""
+    out = []
+    for pair in pairs:
+        out.append(UnpairedExample(pair.prompt, pair.chosen, True, pair.origin))
+        out.append(UnpairedExample(pair.prompt, pair.rejected, False, pair.origin))
+    return out
+
+
+def prompts_of(examples: Iterable[Example]) -> list[PromptExample]:
+    """The prompts of any examples (e.g. HH-RLHF pairs as PPO prompts)."""
+    out = []
+    for ex in examples:
+        if isinstance(ex, (PairExample, UnpairedExample, PromptExample)):
+            out.append(PromptExample(ex.prompt, ex.origin))
+        elif isinstance(ex, SFTExample):
+            last_user = max(i for i, m in enumerate(ex.messages) if m["role"] != "assistant")
+            out.append(PromptExample(ex.messages[: last_user + 1], ex.origin))
+        else:
+            raise TypeError(f"{ex.origin}: {type(ex).__name__} has no chat prompt")
+    return out
+
+
+def new_counts() -> collections.Counter[str]:
+    """An empty counter for the names above."""
+    return collections.Counter()
+
+
+def as_dict(counts: Mapping[str, Any]) -> dict[str, int]:
+    """Counts as a plain sorted dict (for logging and JSON)."""
+    return {k: int(v) for k, v in sorted(counts.items())}

@@ -1,0 +1,231 @@
+"""A Flax NNX decoder for the Llama family (Llama 2/3, SmolLM2, Qwen2/2.5, Mistral).
+
+Attribute names mirror the Hugging Face modules (`embed_tokens`, `layers[i].self_attn.q_proj`,
+`mlp.gate_proj`, ...) so that checkpoint conversion is a mechanical renaming; see
+`alignjax.models.checkpoint`.
+
+Padding and packing are handled the same way: every token carries a segment id (0 = padding).
+A query attends causally to keys of its own non-zero segment, and positions restart at 0 at the
+start of each segment. A plain attention mask is the special case segment = mask, so left- and
+right-padded batches give exactly the logits of the unpadded sequences.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alignjax.models.config import ModelConfig, rope_inv_freq
+from alignjax.sharding import constrain
+
+_ACT = ("batch", "length", "embed")
+
+
+def _axes(init, axes):
+    """Annotates an initializer with logical axis names; placement is decided by the caller
+    (jit output shardings), never eagerly at creation."""
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, axes: tuple[str, str], bias: bool,
+           rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out, use_bias=bias, dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=_axes(nnx.initializers.normal(0.02), axes),
+        bias_init=_axes(nnx.initializers.zeros, (axes[1],)),
+        rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32, cast back, then scaled (the Hugging Face Llama order)."""
+
+    def __init__(self, dim: int, eps: float, param_dtype: str):
+        self.weight = nnx.Param(jnp.ones((dim,), jnp.dtype(param_dtype)), out_sharding=("norm",),
+                               eager_sharding=False)
+        self.eps = eps
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        x32 = x_BLD.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x_BLD.dtype) * x32.astype(x_BLD.dtype)
+
+
+def segment_positions(segment_ids_BL: jax.Array) -> jax.Array:
+    """Positions that restart at 0 wherever the segment id changes."""
+    idx_BL = jnp.broadcast_to(jnp.arange(segment_ids_BL.shape[1]), segment_ids_BL.shape)
+    prev_BL = jnp.pad(segment_ids_BL[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    starts_BL = jnp.where(segment_ids_BL != prev_BL, idx_BL, 0)
+    return idx_BL - jax.lax.cummax(starts_BL, axis=1)
+
+
+def attention_mask_BLL(segment_ids_BL: jax.Array, sliding_window: int | None) -> jax.Array:
+    """Boolean [B, 1, L, L] mask: causal, same non-zero segment, optional sliding window."""
+    q_L = jnp.arange(segment_ids_BL.shape[1])[:, None]
+    k_L = jnp.arange(segment_ids_BL.shape[1])[None, :]
+    allowed = k_L <= q_L
+    if sliding_window is not None:
+        allowed &= k_L > q_L - sliding_window
+    same = segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :]
+    real = (segment_ids_BL != 0)[:, None, :]
+    return (allowed[None] & same & real)[:, None]
+
+
+def rope_cos_sin(cfg: ModelConfig, positions_BL: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, L, K] for rotate-half RoPE, computed in float32 as transformers does."""
+    inv_freq = jnp.asarray(rope_inv_freq(cfg))
+    freqs_BLk = positions_BL.astype(jnp.float32)[..., None] * inv_freq
+    emb_BLK = jnp.concatenate([freqs_BLk, freqs_BLk], axis=-1)
+    return jnp.cos(emb_BLK).astype(dtype), jnp.sin(emb_BLK).astype(dtype)
+
+
+def apply_rope(x_BLHK: jax.Array, cos_BLK: jax.Array, sin_BLK: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x_BLHK, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x_BLHK * cos_BLK[:, :, None] + rotated * sin_BLK[:, :, None]
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with RoPE (softmax in float32)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h, g, k = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = _dense(cfg, d, h * k, ("embed", "heads"), cfg.qkv_bias, rngs)
+        self.k_proj = _dense(cfg, d, g * k, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
+        self.v_proj = _dense(cfg, d, g * k, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
+        self.o_proj = _dense(cfg, h * k, d, ("heads", "embed"), cfg.o_bias, rngs)
+        self.num_heads, self.num_kv_heads, self.head_dim = h, g, k
+
+    def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_B1LL):
+        b, length, _ = x_BLD.shape
+        q_BLHK = self.q_proj(x_BLD).reshape(b, length, self.num_heads, self.head_dim)
+        k_BLGK = self.k_proj(x_BLD).reshape(b, length, self.num_kv_heads, self.head_dim)
+        v_BLGK = self.v_proj(x_BLD).reshape(b, length, self.num_kv_heads, self.head_dim)
+        q_BLHK = apply_rope(q_BLHK, cos_BLK, sin_BLK)
+        k_BLGK = apply_rope(k_BLGK, cos_BLK, sin_BLK)
+        out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL)
+        return self.o_proj(out_BLHK.reshape(b, length, self.num_heads * self.head_dim))
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _dense(cfg, d, f, ("embed", "mlp"), cfg.mlp_bias, rngs)
+        self.up_proj = _dense(cfg, d, f, ("embed", "mlp"), cfg.mlp_bias, rngs)
+        self.down_proj = _dense(cfg, f, d, ("mlp", "embed"), cfg.mlp_bias, rngs)
+
+    def __call__(self, x_BLD):
+        return self.down_proj(nnx.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
+                                                cfg.param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BLD, cos_BLK, sin_BLK, mask_B1LL):
+        x_BLD = x_BLD + self.self_attn(self.input_layernorm(x_BLD), cos_BLK, sin_BLK, mask_B1LL)
+        x_BLD = x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
+        return constrain(x_BLD, _ACT)
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model: `model(input_ids_BL, attention_mask_BL) -> logits_BLV`.
+
+    Args:
+      cfg: the architecture and numerics.
+      rngs: initialisation randomness (use `nnx.eval_shape` to build without allocating).
+      lm_head: build the output projection (reward and value models skip it when untied).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lm_head: bool = True):
+        self.cfg = cfg
+        self.embed_tokens = nnx.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            embedding_init=_axes(nnx.initializers.normal(0.02), ("vocab", "embed")),
+            rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype)
+        self.lm_head = (_dense(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False,
+                               rngs) if lm_head and not cfg.tie_word_embeddings else None)
+
+    def hidden(self, input_ids_BL: jax.Array, attention_mask_BL: jax.Array | None = None, *,
+               positions_BL: jax.Array | None = None,
+               segment_ids_BL: jax.Array | None = None) -> jax.Array:
+        """Final-norm hidden states [B, L, D] (before the output projection).
+
+        Args:
+          input_ids_BL: token ids.
+          attention_mask_BL: 1 on real tokens, 0 on padding (left or right). Ignored when
+            `segment_ids_BL` is given.
+          positions_BL: RoPE positions; by default they restart at 0 in every segment, so
+            padding never shifts them.
+          segment_ids_BL: packed examples (1, 2, ...; 0 = padding): no attention across them.
+        """
+        if segment_ids_BL is None:
+            segment_ids_BL = (jnp.ones_like(input_ids_BL) if attention_mask_BL is None
+                              else attention_mask_BL.astype(jnp.int32))
+        if positions_BL is None:
+            positions_BL = segment_positions(segment_ids_BL)
+        mask_B1LL = attention_mask_BLL(segment_ids_BL, self.cfg.sliding_window)
+        x_BLD = constrain(self.embed_tokens(input_ids_BL), _ACT)
+        cos_BLK, sin_BLK = rope_cos_sin(self.cfg, positions_BL, x_BLD.dtype)
+        call = DecoderLayer.__call__
+        if self.cfg.remat != "none":
+            call = nnx.remat(call, policy=_REMAT_POLICIES[self.cfg.remat])
+        for layer in self.layers:
+            x_BLD = call(layer, x_BLD, cos_BLK, sin_BLK, mask_B1LL)
+        return self.norm(x_BLD)
+
+    def output_embedding(self) -> jax.Array:
+        """The output projection W [D, V] in the compute dtype (tied or not)."""
+        dtype = jnp.dtype(self.cfg.dtype)
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...].T.astype(dtype)
+        return self.lm_head.kernel[...].astype(dtype)
+
+    def logits(self, h_BLD: jax.Array) -> jax.Array:
+        return constrain(h_BLD @ self.output_embedding(), ("batch", "length", "vocab"))
+
+    def __call__(self, input_ids_BL, attention_mask_BL=None, *, positions_BL=None,
+                 segment_ids_BL=None) -> jax.Array:
+        return self.logits(self.hidden(input_ids_BL, attention_mask_BL,
+                                       positions_BL=positions_BL, segment_ids_BL=segment_ids_BL))
+
+
+class ScalarHeadModel(nnx.Module):
+    """A decoder with a scalar head per token: reward models (read at the last real token) and
+    value models (read per token). `score` maps to `score.weight` of Hugging Face's
+    `*ForSequenceClassification` with one label."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.model = Transformer(cfg, rngs=rngs, lm_head=False)
+        self.score = _dense(cfg, cfg.hidden_size, 1, ("embed", None), False, rngs)
+
+    def __call__(self, input_ids_BL, attention_mask_BL=None, *, positions_BL=None,
+                 segment_ids_BL=None) -> jax.Array:
+        """Per-token scalars [B, L] in float32."""
+        h_BLD = self.model.hidden(input_ids_BL, attention_mask_BL, positions_BL=positions_BL,
+                                  segment_ids_BL=segment_ids_BL)
+        return self.score(h_BLD)[..., 0].astype(jnp.float32)
+
+
+def last_token_values(values_BL: jax.Array, attention_mask_BL: jax.Array) -> jax.Array:
+    """Reads [B] values at the last real token of each row (left or right padding)."""
+    idx_L = jnp.arange(values_BL.shape[1])
+    last_B = jnp.max(jnp.where(attention_mask_BL > 0, idx_L, 0), axis=1)
+    return jnp.take_along_axis(values_BL, last_B[:, None], axis=1)[:, 0]
+
