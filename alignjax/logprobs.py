@@ -157,7 +157,7 @@ def sequence_lengths(mask_BL: Array) -> Array:
     return masked_count(target_mask(mask_BL), axis=-1)
 
 
-def concat_pair(chosen: PyTree, rejected: PyTree, *, pad_value: int | float = 0) -> PyTree:
+def concat_pair(chosen: PyTree, rejected: PyTree, *, pad_value: float = 0) -> PyTree:
     """Stacks chosen over rejected for one forward pass: [chosen; rejected] along axis 0.
 
     Leaves of rank >= 2 are padded at the end of axis 1 to the longer of the two lengths, so a

@@ -80,7 +80,7 @@ def read_rows(path: str) -> Iterator[Row]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such data file")
-    base = path[: -len(".gz")] if path.endswith(".gz") else path
+    base = path.removesuffix(".gz")
     if base.endswith(".parquet"):
         import pyarrow.parquet as pq  # optional dependency, imported only when used
 

@@ -29,11 +29,12 @@ IDENTICAL_PAIRS = "identical_pairs_dropped"  # chosen == rejected
 NO_PREFERENCE = "no_preference_dropped"  # judge gave no winner (AlpacaEval preference 0)
 HH_COMMON_PREFIX = "hh_prompt_from_common_prefix"  # transcripts disagree before their last turn
 EXAMPLES = "examples"  # examples kept after parsing
-# Tokenization and truncation (alignjax.data.tokenize):
+# Tokenization and truncation (alignjax.data.tokenization):
 TRUNCATED_PROMPT = "truncated_prompt"
 TRUNCATED_RESPONSE = "truncated_response"
 DROPPED_TOO_LONG = "dropped_too_long"
 TOKENIZED = "tokenized"  # examples kept after truncation
+PACKED_ROWS = "packed_rows"  # rows made by alignjax.data.packing
 
 
 class MalformedRowError(ValueError):

@@ -1,0 +1,85 @@
+"""The data pipeline: read, parse, tokenize through the chat template, truncate, pack, batch.
+
+    rows = readers.read_rows(path)                 # JSON / JSONL(.gz) / Parquet, hf:, tfds:
+    examples, counts = load_examples(path, "hh_rlhf")      # formats.FORMATS; quality counts
+    data = tokenize(examples, tok, max_length=512)         # ids + trained-token masks
+    data = pack(data, 512)                                 # optional, SFT / corrections
+    it = batch_iterator(data, batch_size=32, seed=0, num_epochs=None, bucket_lengths=(256, 512))
+    batch = next(it); state = it.get_state()               # JSON-serialisable, for the checkpoint
+
+Batches are dicts of numpy arrays with fixed names; B is this host's rows (global batch size /
+hosts), L a bucket length (`collate.bucket_length`). All arrays are int32 unless noted.
+
+  sft         input_ids [B, L]       token ids, right-padded with the pad id
+              attention_mask [B, L]  1 on real tokens, 0 on padding
+              loss_mask [B, L]       1 on the tokens to predict (assistant contents + EOS),
+                                     aligned with input_ids: log pi(input_ids[:, t]) counts where
+                                     loss_mask[:, t] = 1 (column 0 is always 0)
+              example_id [B]         index into the examples given to `tokenize`; -1 = padding row
+  correction  as sft, plus correction_start [B]: index of the first correction token (the loss
+              mask is 1 on the correction and its EOS only)
+  unpaired    as sft, plus label [B] (bool, True = desirable), for KTO
+  pair        chosen_input_ids, chosen_attention_mask, chosen_loss_mask [B, L], the same with
+              rejected_, and example_id [B]. Both halves share L, so a training step can
+              concatenate them into one [2B, L] forward pass and split the result after it.
+  prompt      input_ids, attention_mask [B, L], LEFT-padded (generation appends on the right);
+              example_id [B]
+  packed      input_ids, attention_mask, loss_mask [B, L] and
+              segment_ids [B, L]             1, 2, ... per packed example, 0 on padding
+              positions [B, L]               0, 1, ... restarting at each example
+              (pass segment_ids and positions to the model: no attention across examples)
+
+Counts (a `collections.Counter`, names in `records`): rows, malformed_skipped,
+identical_pairs_dropped, no_preference_dropped, hh_prompt_from_common_prefix, examples,
+truncated_prompt, truncated_response, dropped_too_long, tokenized, packed_rows.
+
+The real data lives outside the repository: `readers.shared_data_dir()` reads
+`$ALIGNJAX_SHARED_DATA` (default `../shared/data` next to the repository root).
+"""
+
+from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer
+from alignjax.data.collate import COLLATORS, bucket_length
+from alignjax.data.formats import FORMATS, parse_rows
+from alignjax.data.load import load_examples
+from alignjax.data.packing import pack
+from alignjax.data.pipeline import batch_dataset, batch_iterator, steps_per_epoch
+from alignjax.data.readers import read_hf_rows, read_rows, read_tfds_rows, shared_data_dir
+from alignjax.data.records import (
+    CorrectionExample,
+    MalformedRowError,
+    PairExample,
+    PromptExample,
+    SFTExample,
+    UnpairedExample,
+    prompts_of,
+    unpair,
+)
+from alignjax.data.tokenization import TokenizedData, tokenize
+
+__all__ = [
+    "ALIGNER_INSTRUCTION",
+    "COLLATORS",
+    "FORMATS",
+    "ChatRenderer",
+    "CorrectionExample",
+    "MalformedRowError",
+    "PairExample",
+    "PromptExample",
+    "SFTExample",
+    "TokenizedData",
+    "UnpairedExample",
+    "batch_dataset",
+    "batch_iterator",
+    "bucket_length",
+    "load_examples",
+    "pack",
+    "parse_rows",
+    "prompts_of",
+    "read_hf_rows",
+    "read_rows",
+    "read_tfds_rows",
+    "shared_data_dir",
+    "steps_per_epoch",
+    "tokenize",
+    "unpair",
+]

@@ -1,0 +1,172 @@
+"""Parsed examples -> token ids and trained-token masks, with truncation (counted).
+
+The output is a `TokenizedData`: the examples' kind, one dict of 1-D numpy arrays per kept
+example, the pad id and the counts. Per kind (n = tokens of the example):
+
+  sft, correction, unpaired  input_ids [n] int32, loss_mask [n] uint8, example_id
+                             + correction_start (correction: index of the first correction
+                               token) / label (unpaired: bool)
+  pair                       chosen_input_ids, chosen_loss_mask, rejected_input_ids,
+                             rejected_loss_mask, example_id (the two share the prompt tokens)
+  prompt                     input_ids [n] int32, example_id
+
+`example_id` is the index of the example in the list given to `tokenize`, so a batch row can
+be traced back to its parsed example (and `origin`, the file and line) after drops and
+shuffling. `loss_mask` is 1 on the tokens to predict (assistant contents + EOS), aligned with
+`input_ids`; its first entry is always 0 (nothing predicts the first token).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from alignjax.data import records as R
+from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer, Piece
+from alignjax.data.records import Example
+from alignjax.data.truncation import check_policy, kept_lengths
+
+_ENCODE_CHUNK = 1024
+
+
+@dataclasses.dataclass
+class TokenizedData:
+    """Tokenized examples of one kind, ready for `alignjax.data.pipeline.batch_iterator`.
+
+    Attributes:
+      kind: "sft", "pair", "unpaired", "correction", "prompt" or "packed".
+      examples: one dict of numpy arrays (and int ids) per example.
+      pad_id: the id written into padding.
+      counts: data-quality counts (parsing counts if given to `tokenize`, plus truncation).
+    """
+
+    kind: str
+    examples: list[dict[str, Any]]
+    pad_id: int
+    counts: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def _layout(example: Example, renderer: ChatRenderer, aligner_instruction: str
+            ) -> tuple[list[Piece], list[str]]:
+    """(untrained-or-earlier pieces, final alternative responses) of one example."""
+    if isinstance(example, R.SFTExample):
+        pieces = renderer.conversation(example.messages)
+        return pieces[:-1], [pieces[-1].text]
+    if isinstance(example, R.PairExample):
+        return [Piece(renderer.prompt(example.prompt), False)], [example.chosen, example.rejected]
+    if isinstance(example, R.UnpairedExample):
+        return [Piece(renderer.prompt(example.prompt), False)], [example.completion]
+    if isinstance(example, R.CorrectionExample):
+        text = aligner_instruction.format(question=example.question, answer=example.answer)
+        return [Piece(renderer.prompt(R.user_prompt(text)), False)], [example.correction]
+    if isinstance(example, R.PromptExample):
+        return [Piece(renderer.prompt(example.prompt), False)], []
+    raise TypeError(f"not an example: {type(example).__name__}")
+
+
+def _encode_all(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without added special tokens (batched for speed)."""
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), _ENCODE_CHUNK):
+        chunk = texts[start:start + _ENCODE_CHUNK]
+        ids.extend(tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)[
+            "input_ids"])
+    return ids
+
+
+def _ids(*parts: Sequence[int]) -> np.ndarray:
+    return np.fromiter((t for p in parts for t in p), np.int32)
+
+
+def tokenize(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    truncation: str = "keep_end",
+    max_prompt_length: int | None = None,
+    chat_template: str | None = None,
+    aligner_instruction: str = ALIGNER_INSTRUCTION,
+    counts: collections.Counter[str] | None = None,
+) -> TokenizedData:
+    """Tokenizes examples of one kind through the chat template and applies truncation.
+
+    Args:
+      examples: parsed examples (`alignjax.data.formats.parse_rows`), all of one kind.
+      tokenizer: e.g. from `alignjax.tokenizer.load_tokenizer`.
+      max_length: M, the most tokens of a sequence (prompt + response; for prompts, the prompt).
+      truncation: "keep_end", "cut_response" or "drop" (see `alignjax.data.truncation`).
+      max_prompt_length: the prompt tokens "keep_end" keeps at least; default M // 2.
+      chat_template: a Jinja template overriding the tokenizer's.
+      aligner_instruction: the correction prompt, with `{question}` and `{answer}` fields.
+      counts: parsing counts to carry along (copied, then truncation counts are added).
+
+    Returns:
+      The kept examples with counts `truncated_prompt`, `truncated_response`,
+      `dropped_too_long` and `tokenized`.
+    """
+    check_policy(truncation, max_length, max_prompt_length)
+    kind = R.kind_of(examples)
+    renderer = ChatRenderer(tokenizer, chat_template)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token; the trained span needs one")
+    layouts = [_layout(ex, renderer, aligner_instruction) for ex in examples]
+    texts = [p.text for pieces, resps in layouts for p in pieces] + [
+        r for _, resps in layouts for r in resps]
+    encoded = iter(_encode_all(tokenizer, texts))
+    prefixes = [[next(encoded) for _ in pieces] for pieces, _ in layouts]
+    responses = [[next(encoded) for _ in resps] for _, resps in layouts]
+
+    counts = collections.Counter(counts or {})
+    out = []
+    for i, ((pieces, _), piece_ids, resp_ids) in enumerate(zip(layouts, prefixes, responses)):
+        prompt = _ids(*[ids + [eos] if p.trained else ids for p, ids in zip(pieces, piece_ids)])
+        prompt_mask = np.concatenate(
+            [np.full(len(ids) + p.trained, p.trained, np.uint8) for p, ids in zip(pieces, piece_ids)]
+            or [np.zeros(0, np.uint8)])
+        if len(prompt) == 0:
+            raise ValueError(f"{examples[i].origin}: the chat template rendered an empty prompt")
+        resps = [_ids(ids, [eos]) for ids in resp_ids]
+        kept = kept_lengths(len(prompt), [len(r) for r in resps], max_length=max_length,
+                            policy=truncation, max_prompt_length=max_prompt_length)
+        if kept is None:
+            counts[R.DROPPED_TOO_LONG] += 1
+            continue
+        counts[R.TRUNCATED_PROMPT] += int(kept.prompt < len(prompt))
+        counts[R.TRUNCATED_RESPONSE] += int(any(k < len(r) for k, r in zip(kept.responses, resps)))
+        prompt, prompt_mask = prompt[len(prompt) - kept.prompt:], prompt_mask[len(prompt) - kept.prompt:]
+        prompt_mask[0] = 0  # nothing predicts the first token (matters after "keep_end")
+        seqs = [(np.concatenate([prompt, r[:k]]),
+                 np.concatenate([prompt_mask, np.ones(k, np.uint8)]))
+                for r, k in zip(resps, kept.responses)]
+        out.append(_example(kind, examples[i], i, prompt, seqs))
+    counts[R.TOKENIZED] += len(out)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return TokenizedData(kind, out, int(pad), counts)
+
+
+def _example(kind: str, example: Example, index: int, prompt: np.ndarray,
+             seqs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The stored fields of one tokenized example (see the module docstring)."""
+    if kind == "prompt":
+        return {"input_ids": prompt, "example_id": index}
+    if kind == "pair":
+        (c_ids, c_mask), (r_ids, r_mask) = seqs
+        return {"chosen_input_ids": c_ids, "chosen_loss_mask": c_mask,
+                "rejected_input_ids": r_ids, "rejected_loss_mask": r_mask, "example_id": index}
+    (ids, mask), = seqs
+    row = {"input_ids": ids, "loss_mask": mask, "example_id": index}
+    if kind == "correction":
+        row["correction_start"] = len(prompt)
+    if kind == "unpaired":
+        row["label"] = example.label
+    return row

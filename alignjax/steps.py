@@ -1,0 +1,123 @@
+"""The one generic train step: value_and_grad of an objective, an optax update, norms.
+
+Every algorithm (SFT, reward model, the DPO family, Aligner) is an `Objective` plugged into the
+same pure function; `make_train_step` jits it once with explicit shardings and donated state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from alignjax.losses import merge_metrics
+
+Batch = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree."""
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """`loss(model, batch, frozen, rng, total) -> (loss, metrics)` and `count(batch) -> total`.
+
+    `count` gives the normaliser of the whole (accumulated) batch (trained tokens for SFT, pairs
+    for DPO); `loss` divides its micro-batch sum by it, so micro-batch losses and gradients add up
+    to exactly those of the whole batch.
+    """
+
+    loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+    count: Callable[[Batch], jax.Array]
+
+
+def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key(seed))
+
+
+def train_step(state: TrainState, batch: Batch, frozen: Any, *, graphdef: nnx.GraphDef,
+               objective: Objective, tx: optax.GradientTransformation,
+               micro_batches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on `batch`, accumulated over `micro_batches` equal slices.
+
+    Args:
+      state: the donated training state.
+      batch: arrays with a leading batch axis, divisible by `micro_batches`.
+      frozen: models or arrays that do not train (reference model, cached log-probs); never
+        donated.
+      graphdef: the model structure (static).
+      objective: what to minimise.
+      tx: the optax transformation (schedule, clipping, weight decay inside).
+      micro_batches: gradient accumulation steps inside this step.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    total = objective.count(batch)
+
+    def grads_of(mb, key):
+        def loss_fn(params):
+            return objective.loss(nnx.merge(graphdef, params), mb, frozen, key, total)
+
+        return jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+
+    if micro_batches == 1:
+        (loss, metrics), grads = grads_of(batch, rng)
+    else:
+        split = jax.tree.map(
+            lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+
+        def body(acc, xs):
+            mb, i = xs
+            (loss, metrics), grads = grads_of(mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, acc, (loss, grads)), metrics
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+        (loss, grads), stacked = jax.lax.scan(body, zeros, (split, jnp.arange(micro_batches)))
+        metrics = merge_metrics(stacked)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
+               "train/param_norm": optax.tree.norm(params),
+               "train/update_norm": optax.tree.norm(updates)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_train_step(graphdef, objective, tx, *, state_sharding, batch_sharding, frozen_sharding,
+                    micro_batches: int = 1):
+    """`train_step` jitted once, with explicit in/out shardings and the state donated."""
+    step = functools.partial(train_step, graphdef=graphdef, objective=objective, tx=tx,
+                             micro_batches=micro_batches)
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding, frozen_sharding),
+                   out_shardings=(state_sharding, None), donate_argnums=(0,))
+
+
+def optimizer(*, learning_rate: float, warmup_steps: int, total_steps: int,
+              schedule: str = "cosine", weight_decay: float = 0.0, grad_clip: float = 1.0,
+              b1: float = 0.9, b2: float = 0.95) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping and a warmup + cosine/linear/constant schedule."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if schedule == "cosine":
+        decay = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    elif schedule == "linear":
+        decay = optax.linear_schedule(learning_rate, 0.0, decay_steps)
+    elif schedule == "constant":
+        decay = optax.constant_schedule(learning_rate)
+    else:
+        raise ValueError(f"config.optim.schedule={schedule!r}: expected cosine, linear or constant")
+    warmup = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
+    lr = optax.join_schedules([warmup, decay], [warmup_steps])
+    return optax.chain(optax.clip_by_global_norm(grad_clip),
+                       optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay))
