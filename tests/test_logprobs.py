@@ -11,7 +11,7 @@ import pytest
 
 from alignjax import logprobs as lp
 
-TOL = dict(rtol=1e-6, atol=1e-6)
+TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 
 def _np_token_logprobs(logits, ids):

@@ -13,7 +13,7 @@ from flax import nnx
 from alignjax import logprobs as lp
 from alignjax import losses, models
 
-TOL = dict(rtol=1e-6, atol=1e-6)
+TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 
 def _rng(seed=0):

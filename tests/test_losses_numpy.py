@@ -15,7 +15,7 @@ import pytest
 from alignjax import logprobs as lp
 from alignjax import losses
 
-TOL = dict(rtol=1e-6, atol=1e-6)
+TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +205,10 @@ def test_kto_with_reference_point_from_mismatched_pairs():
     (pol, mask), (ref, _) = _token_batch(70, 8, 12), _token_batch(71, 8, 12)
     (kl_pol, kl_mask), (kl_ref, _) = _token_batch(72, 8, 12), _token_batch(73, 8, 12)
     desirable = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
-    seq = lambda x, m: lp.sequence_logprobs(jnp.asarray(x), jnp.asarray(m))  # noqa: E731
+
+    def seq(x, m):
+        return lp.sequence_logprobs(jnp.asarray(x), jnp.asarray(m))
+
     z = losses.kto_reference_point(seq(kl_pol, kl_mask), seq(kl_ref, kl_mask))
     loss, m = losses.kto_loss(
         seq(pol, mask),
@@ -419,8 +422,8 @@ def test_kl_penalty(estimator):
     want = np.zeros_like(logps)
     for b, t in np.ndindex(*logps.shape):
         if mask[b, t]:
-            l = logps[b, t] - ref[b, t]  # noqa: E741
-            want[b, t] = {"k1": l, "k2": 0.5 * l * l, "k3": math.exp(-l) - 1 + l}[estimator]
+            d = logps[b, t] - ref[b, t]
+            want[b, t] = {"k1": d, "k2": 0.5 * d * d, "k3": math.exp(-d) - 1 + d}[estimator]
     _close(got, want)
     clamped = losses.kl_penalty(
         jnp.asarray(logps), jnp.asarray(ref), jnp.asarray(mask), estimator=estimator, clamp=0.1

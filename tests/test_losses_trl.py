@@ -36,7 +36,7 @@ with warnings.catch_warnings():
     except ImportError:  # moved or removed in a later TRL
         CPOTrainer = ORPOTrainer = None
 
-TOL = dict(rtol=1e-6, atol=1e-6)
+TOL = {"rtol": 1e-6, "atol": 1e-6}
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +109,7 @@ def test_dpo_without_reference_matches_trl_cpo_sigmoid(label_smoothing):
     """TRL's CPO "sigmoid" is cDPO with the reference log-probs set to zero."""
     beta = 0.3
     pc, pr = _policy_logps(2, average=False)
-    attrs = dict(alpha=0.0, beta=beta, loss_type="sigmoid", label_smoothing=label_smoothing)
+    attrs = {"alpha": 0.0, "beta": beta, "loss_type": "sigmoid", "label_smoothing": label_smoothing}
     want, want_chosen, want_rejected = _call_trl_method(
         CPOTrainer, "cpo_loss", CPO_ATTRS, attrs, _t(pc), _t(pr)
     )
@@ -126,7 +126,7 @@ def test_dpo_without_reference_matches_trl_cpo_sigmoid(label_smoothing):
 def test_hinge_and_summed_ipo_match_trl_cpo(loss_type):
     beta = 0.2
     pc, pr = _policy_logps(3, average=False)
-    attrs = dict(alpha=0.0, beta=beta, loss_type=loss_type, label_smoothing=0.0)
+    attrs = {"alpha": 0.0, "beta": beta, "loss_type": loss_type, "label_smoothing": 0.0}
     want, _, _ = _call_trl_method(CPOTrainer, "cpo_loss", CPO_ATTRS, attrs, _t(pc), _t(pr))
     fn = losses.hinge_loss if loss_type == "hinge" else losses.ipo_loss
     zeros = jnp.zeros(7)
@@ -138,9 +138,8 @@ def test_hinge_and_summed_ipo_match_trl_cpo(loss_type):
 def test_simpo_matches_trl_cpo_simpo(label_smoothing):
     beta, gamma = 2.5, 1.3
     pc, pr = _policy_logps(4, average=True)
-    attrs = dict(
-        alpha=0.0, beta=beta, loss_type="simpo", simpo_gamma=gamma, label_smoothing=label_smoothing
-    )
+    attrs = {"alpha": 0.0, "beta": beta, "loss_type": "simpo", "simpo_gamma": gamma}
+    attrs["label_smoothing"] = label_smoothing
     want, want_chosen, _ = _call_trl_method(
         CPOTrainer, "cpo_loss", CPO_ATTRS, attrs, _t(pc), _t(pr)
     )
@@ -156,7 +155,7 @@ def test_orpo_matches_trl_odds_ratio_loss():
     pc, pr = _policy_logps(5, average=True)
     pc[0], pr[0] = -0.01, -3.0  # both branches of log1mexp
     out = _call_trl_method(
-        ORPOTrainer, "odds_ratio_loss", CPO_ATTRS, dict(beta=beta), _t(pc), _t(pr)
+        ORPOTrainer, "odds_ratio_loss", CPO_ATTRS, {"beta": beta}, _t(pc), _t(pr)
     )
     per_pair, _, _, mean_ratio, mean_log_odds = out
     loss, m = losses.orpo_loss(jnp.asarray(pc), jnp.asarray(pr), jnp.asarray(nll), beta=beta)

@@ -86,7 +86,8 @@ def shaped_rewards(
     chex.assert_rank(scores_B, 1)
     chex.assert_equal_shape([kl_BL, mask_BL])
     chex.assert_equal_shape_prefix([kl_BL, scores_B], 1)
-    rewards_BL = -kl_coef * as_float(kl_BL) + as_float(scores_B)[:, None] * _last_token_mask(mask_BL)
+    score_BL = as_float(scores_B)[:, None] * _last_token_mask(mask_BL)
+    rewards_BL = score_BL - kl_coef * as_float(kl_BL)
     return jnp.where(mask_BL != 0, rewards_BL, 0.0)
 
 

@@ -86,7 +86,7 @@ def dpo_loss(
     chosen_B, rejected_B = _log_ratios(
         policy_chosen_logps_B, policy_rejected_logps_B, ref_chosen_logps_B, ref_rejected_logps_B
     )
-    loss = jnp.mean(_smoothed_logistic(0.5 * beta * (chosen_B - rejected_B), label_smoothing))
+    loss = jnp.mean(_smoothed_logistic(beta * (chosen_B - rejected_B), label_smoothing))
     return loss, _pair_metrics("dpo", loss, beta * chosen_B, beta * rejected_B)
 
 

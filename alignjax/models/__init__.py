@@ -1,6 +1,13 @@
 """Llama-family decoders in Flax NNX, and their Hugging Face / GGUF checkpoints."""
 
-from alignjax.models.checkpoint import build, load_gguf, load_hf, load_pretrained, save_hf
+from alignjax.models.checkpoint import (
+    build,
+    gguf_config,
+    load_gguf,
+    load_hf,
+    load_pretrained,
+    save_hf,
+)
 from alignjax.models.config import (
     ModelConfig,
     from_hf_config,
@@ -17,6 +24,7 @@ __all__ = [
     "Transformer",
     "build",
     "from_hf_config",
+    "gguf_config",
     "greedy_generate",
     "last_token_values",
     "load_gguf",
