@@ -79,9 +79,9 @@ def test_chunked_from_hidden_gradients_match_plain():
         def chunked(h, wj):
             return jnp.sum(lp.token_logprobs_from_hidden(h, wj, idj, chunk_size=4) * m)
 
-        for g_plain, g_chunked in zip(
-            jax.grad(plain, (0, 1))(h, wj), jax.grad(chunked, (0, 1))(h, wj), strict=True
-        ):
+        grads_plain = jax.jit(jax.grad(plain, (0, 1)))(h, wj)
+        grads_chunked = jax.jit(jax.grad(chunked, (0, 1)))(h, wj)
+        for g_plain, g_chunked in zip(grads_plain, grads_chunked, strict=True):
             np.testing.assert_allclose(np.asarray(g_chunked), np.asarray(g_plain), **TOL)
 
 
@@ -157,17 +157,18 @@ def test_one_forward_pass_on_pairs_equals_two_passes():
     """Padding the shorter side and splitting after one pass changes no sequence log-prob."""
     _, _, ids, mask = _batch(seed=4, batch=2, length=9)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
-    chosen_ids, chosen_mask = ids[:, :7], mask[:, :7]
-    rejected_ids, rejected_mask = ids, mask
-    both_ids, both_mask = lp.concat_pair((chosen_ids, chosen_mask), (rejected_ids, rejected_mask))
-    # A "model" whose logits depend on the tokens only through position-wise lookups.
+    chosen, rejected = (ids[:, :7], mask[:, :7]), (ids, mask)
+    # A causal "model": the logits at t depend only on the token at t (a lookup table).
     table = jnp.asarray(np.random.default_rng(5).normal(size=(17, 17)), jnp.float32)
-    logps = lp.token_logprobs(table[both_ids], both_ids)
-    seq = lp.sequence_logprobs(logps, both_mask)
-    seq_chosen, seq_rejected = lp.split_pair(seq)
-    want_c = lp.sequence_logprobs(lp.token_logprobs(table[chosen_ids], chosen_ids), chosen_mask)
-    want_r = lp.sequence_logprobs(
-        lp.token_logprobs(table[rejected_ids], rejected_ids), rejected_mask
+
+    @jax.jit
+    def sequence_logps(ids_BL, mask_BL):
+        return lp.sequence_logprobs(lp.token_logprobs(table[ids_BL], ids_BL), mask_BL)
+
+    seq_chosen, seq_rejected = lp.split_pair(sequence_logps(*lp.concat_pair(chosen, rejected)))
+    np.testing.assert_allclose(
+        np.asarray(seq_chosen), np.asarray(sequence_logps(*chosen)), rtol=1e-6
     )
-    np.testing.assert_allclose(np.asarray(seq_chosen), np.asarray(want_c), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(seq_rejected), np.asarray(want_r), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(seq_rejected), np.asarray(sequence_logps(*rejected)), rtol=1e-6
+    )

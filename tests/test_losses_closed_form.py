@@ -158,12 +158,20 @@ def test_rloo_and_grpo_advantages_sum_to_zero_per_group():
 
 def _tiny_sequence_logps():
     """A tiny `alignjax.models.Transformer` (float32), split once into graphdef and params."""
-    cfg = models.tiny_config("llama", num_layers=1)
+    cfg = models.tiny_config(
+        "llama",
+        num_layers=1,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+    )
     graphdef, params = nnx.split(models.Transformer(cfg, rngs=nnx.Rngs(0)))
     rng = _rng(11)
-    ids = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(4, 10)))
-    attention = np.ones((4, 10), np.float32)
-    attention[1, 8:], attention[3, 6:] = 0, 0  # uneven lengths, right padded
+    ids = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(4, 8)))
+    attention = np.ones((4, 8), np.float32)
+    attention[1, 7:], attention[3, 5:] = 0, 0  # uneven lengths, right padded
     completion = attention.copy()
     completion[:, :3] = 0
     attention, completion = jnp.asarray(attention), jnp.asarray(completion)
@@ -190,9 +198,10 @@ def test_dpo_gradient_equals_analytic_form_on_tiny_model():
         chosen_B, rejected_B = lp.split_pair(sequence_logps(params))
         return losses.dpo_loss(chosen_B, rejected_B, ref_B[:2], ref_B[2:], beta=beta)[0]
 
-    grad = jax.jit(jax.grad(loss_fn))(params)
-    logps_B = jax.jit(sequence_logps)(params)
-    jac = jax.jit(jax.jacrev(sequence_logps))(params)  # d log pi(y_b) / d params, for each b
+    # One program: the loss gradient by autodiff, and d log pi(y_b) / d params for each b.
+    grad, logps_B, jac = jax.jit(
+        lambda p: (jax.grad(loss_fn)(p), sequence_logps(p), jax.jacrev(sequence_logps)(p))
+    )(params)
     chosen_B, rejected_B = logps_B[:2], logps_B[2:]
     delta_B = (chosen_B - ref_B[:2]) - (rejected_B - ref_B[2:])
     weight_B = beta * jax.nn.sigmoid(-beta * delta_B) / 2.0

@@ -1,4 +1,4 @@
-"""Every loss against a float64 NumPy reference written from /shared/reference/losses.md.
+"""Every loss against a float64 NumPy reference written from shared/reference/losses.md.
 
 Inputs are random, with prompt masks, uneven completion lengths and padding. The references use
 explicit Python loops over tokens and examples (no shared code with alignjax); the JAX side runs

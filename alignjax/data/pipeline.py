@@ -21,6 +21,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import grain
+from absl import flags
 
 from alignjax.data.collate import COLLATORS, Batch, Row, bucket_length, sequence_length
 from alignjax.data.tokenization import TokenizedData
@@ -118,6 +119,10 @@ def batch_dataset(
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                               prefetch_buffer_size=prefetch))
     if worker_count > 0:
+        # grain 0.2.18's worker processes read an absl flag, which fails unless flags were
+        # parsed (absl.app does that); outside absl.app, use the defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return ds
 

@@ -1,6 +1,6 @@
 """Pairwise preference losses on sequence log-probs: the DPO family, SimPO and ORPO.
 
-Notation (as in /shared/reference/losses.md): S(y) = sum of the completion's token log-probs,
+Notation (as in shared/reference/losses.md): S(y) = sum of the completion's token log-probs,
 A(y) = S(y) / |y|, rho(y) = S_theta(y) - S_ref(y), Delta = rho(y_w) - rho(y_l). The losses take
 per-sequence log-probs (`alignjax.logprobs.sequence_logprobs`), never a model. Every loss is the
 mean over the batch of pairs. The DPO-family metrics use the implicit reward beta * rho(y).
