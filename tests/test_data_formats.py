@@ -70,9 +70,12 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 
 
 def test_wrong_type_and_renamed_field_are_named(tmp_path):
-    path = _write_jsonl(tmp_path / "c.jsonl", [{"instruction": "q", "original_output": 3,
-                                                "output": "c"}])
-    with pytest.raises(MalformedRowError, match=r"c\.jsonl:1: field 'original_output': expected str"):
+    path = _write_jsonl(
+        tmp_path / "c.jsonl", [{"instruction": "q", "original_output": 3, "output": "c"}]
+    )
+    with pytest.raises(
+        MalformedRowError, match=r"c\.jsonl:1: field 'original_output': expected str"
+    ):
         load_examples(path, "alpaca_eval_aligner")
 
 
@@ -93,8 +96,13 @@ def test_invalid_json_names_the_line(tmp_path):
 
 
 def test_field_overrides_pick_another_label(tmp_path):
-    row = {"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 0,
-           "safer_response_id": 1}
+    row = {
+        "prompt": "p",
+        "response_0": "a",
+        "response_1": "b",
+        "better_response_id": 0,
+        "safer_response_id": 1,
+    }
     path = _write_jsonl(tmp_path / "pku.jsonl", [row])
     (better,), _ = load_examples(path, "pku_saferlhf")
     (safer,), _ = load_examples(path, "pku_saferlhf", fields={"preferred_id": "safer_response_id"})
@@ -120,8 +128,10 @@ def test_sft_messages_must_end_with_assistant():
 
 
 def test_unpaired_and_prompt_formats():
-    rows = [("m:1", {"prompt": "p", "completion": "c", "label": True}),
-            ("m:2", {"prompt": "p", "completion": "d", "label": 0})]
+    rows = [
+        ("m:1", {"prompt": "p", "completion": "c", "label": True}),
+        ("m:2", {"prompt": "p", "completion": "d", "label": 0}),
+    ]
     examples, _ = formats.parse_rows(rows, "unpaired")
     assert [(e.completion, e.label) for e in examples] == [("c", True), ("d", False)]
     with pytest.raises(MalformedRowError, match="field 'label'"):
@@ -132,8 +142,10 @@ def test_unpaired_and_prompt_formats():
 
 def test_unpair_and_prompts_of():
     pair = records.PairExample(records.user_prompt("q"), "good", "bad", "x:1")
-    assert [(u.completion, u.label) for u in records.unpair([pair])] == [("good", True),
-                                                                          ("bad", False)]
+    assert [(u.completion, u.label) for u in records.unpair([pair])] == [
+        ("good", True),
+        ("bad", False),
+    ]
     assert records.prompts_of([pair])[0].prompt == pair.prompt
 
 
@@ -182,10 +194,12 @@ def test_hf_source_goes_through_the_same_mapping(tmp_path):
         with pytest.raises(ImportError, match="pip install datasets"):
             load_examples("hf:json", "preference", split="train", data_files=path)
         return
-    hf_examples, hf_counts = load_examples("hf:json", "preference", split="train",
-                                           data_files=path, cache_dir=str(tmp_path / "cache"))
+    hf_examples, hf_counts = load_examples(
+        "hf:json", "preference", split="train", data_files=path, cache_dir=str(tmp_path / "cache")
+    )
     local_examples, local_counts = load_examples(path, "preference")
     assert [(e.prompt, e.chosen, e.rejected) for e in hf_examples] == [
-        (e.prompt, e.chosen, e.rejected) for e in local_examples]
+        (e.prompt, e.chosen, e.rejected) for e in local_examples
+    ]
     assert hf_counts == local_counts
     assert hf_examples[0].origin == "hf:json[train] row 0"

@@ -29,8 +29,13 @@ def synthetic_sft(num: int, seed: int = 0, vocab: int = 256) -> TokenizedData:
         n = int(rng.integers(4, 40))
         n_prompt = int(rng.integers(1, n))
         mask = np.r_[np.zeros(n_prompt), np.ones(n - n_prompt)].astype(np.uint8)
-        examples.append({"input_ids": rng.integers(3, vocab, n).astype(np.int32),
-                         "loss_mask": mask, "example_id": i})
+        examples.append(
+            {
+                "input_ids": rng.integers(3, vocab, n).astype(np.int32),
+                "loss_mask": mask,
+                "example_id": i,
+            }
+        )
     return TokenizedData("sft", examples, pad_id=0, counts=collections.Counter())
 
 
@@ -40,7 +45,7 @@ def owners(row: dict, sft: TokenizedData) -> np.ndarray:
     start = 0
     for ex_id in row["example_ids"]:
         n = len(sft.examples[ex_id]["input_ids"])
-        out[start:start + n] = ex_id
+        out[start : start + n] = ex_id
         start += n
     return out
 
@@ -98,10 +103,18 @@ def test_packed_logits_equal_unpacked_logits():
     packed = data.pack(sft, PACK_LENGTH)
     assert any(len(r["example_ids"]) > 2 for r in packed.examples)
     batch = collate_packed(packed.examples, PACK_LENGTH, packed.pad_id)
-    forward = nnx.jit(lambda m, ids, mask, pos, seg: m(ids, mask, positions_BL=pos,
-                                                       segment_ids_BL=seg))
-    logits = np.asarray(forward(model, batch["input_ids"], batch["attention_mask"],
-                                batch["positions"], batch["segment_ids"]))
+    forward = nnx.jit(
+        lambda m, ids, mask, pos, seg: m(ids, mask, positions_BL=pos, segment_ids_BL=seg)
+    )
+    logits = np.asarray(
+        forward(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["positions"],
+            batch["segment_ids"],
+        )
+    )
     leaky = np.asarray(forward(model, batch["input_ids"], batch["attention_mask"], None, None))
     # Reference: every example alone, right-padded into one batch; with causal attention the
     # padding after an example cannot change its logits, so no mask is involved at all.
@@ -114,10 +127,12 @@ def test_packed_logits_equal_unpacked_logits():
         owner = owners(row, sft)
         for ex_id in row["example_ids"]:
             n = len(sft.examples[ex_id]["input_ids"])
-            np.testing.assert_allclose(logits[b, owner == ex_id], alone[ex_id, :n], rtol=1e-5,
-                                       atol=1e-5)
-            leaked |= not np.allclose(leaky[b, owner == ex_id], alone[ex_id, :n], rtol=1e-5,
-                                      atol=1e-5)
+            np.testing.assert_allclose(
+                logits[b, owner == ex_id], alone[ex_id, :n], rtol=1e-5, atol=1e-5
+            )
+            leaked |= not np.allclose(
+                leaky[b, owner == ex_id], alone[ex_id, :n], rtol=1e-5, atol=1e-5
+            )
     assert leaked  # control: without segment ids the later examples do see the earlier ones
 
 
@@ -127,14 +142,18 @@ def test_pack_real_sft_examples(shared_data, smollm2_tokenizer):
     sft = data.tokenize(examples, smollm2_tokenizer, max_length=512, truncation="drop")
     packed = data.pack(sft, 512)
     tokens = sum(len(r["input_ids"]) for r in sft.examples)
-    print(f"\npacked {len(sft)} AlpacaEval examples ({tokens} tokens) into {len(packed)} rows "
-          f"of 512: {tokens / (512 * len(packed)):.1%} full")
+    print(
+        f"\npacked {len(sft)} AlpacaEval examples ({tokens} tokens) into {len(packed)} rows "
+        f"of 512: {tokens / (512 * len(packed)):.1%} full"
+    )
     assert len(packed) <= 1.05 * tokens / 512 + 1
-    it = data.batch_iterator(packed, batch_size=4, seed=0, shard_index=0, shard_count=1,
-                             bucket_lengths=(512,))
+    it = data.batch_iterator(
+        packed, batch_size=4, seed=0, shard_index=0, shard_count=1, bucket_lengths=(512,)
+    )
     batch = next(it)
     assert {k: v.shape for k, v in batch.items()} == {
-        k: (4, 512) for k in ("input_ids", "attention_mask", "loss_mask", "segment_ids",
-                              "positions")}
+        k: (4, 512)
+        for k in ("input_ids", "attention_mask", "loss_mask", "segment_ids", "positions")
+    }
     with pytest.raises(ValueError, match="packing needs"):
         data.pack(TokenizedData("pair", [], 0), 512)

@@ -23,9 +23,15 @@ def synthetic(kind: str = "sft", num: int = 50, seed: int = 0) -> TokenizedData:
         ids = np.full(n, 1000 + i, np.int32)
         mask = np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(np.uint8)
         if kind == "pair":
-            examples.append({"chosen_input_ids": ids, "chosen_loss_mask": mask,
-                             "rejected_input_ids": ids[: max(2, n // 3)],
-                             "rejected_loss_mask": mask[: max(2, n // 3)], "example_id": i})
+            examples.append(
+                {
+                    "chosen_input_ids": ids,
+                    "chosen_loss_mask": mask,
+                    "rejected_input_ids": ids[: max(2, n // 3)],
+                    "rejected_loss_mask": mask[: max(2, n // 3)],
+                    "example_id": i,
+                }
+            )
         elif kind == "prompt":
             examples.append({"input_ids": ids, "example_id": i})
         else:
@@ -46,8 +52,8 @@ def ids(batches) -> list[list[int]]:
     return [b["example_id"].tolist() for b in batches]
 
 
-def one_host(**kwargs):
-    return dict(shard_index=0, shard_count=1, bucket_lengths=BUCKETS, **kwargs)
+def one_host(**kwargs) -> dict:
+    return {"shard_index": 0, "shard_count": 1, "bucket_lengths": BUCKETS, **kwargs}
 
 
 def test_resume_from_saved_state_gives_the_uninterrupted_order():
@@ -70,24 +76,25 @@ def test_resume_from_saved_state_gives_the_uninterrupted_order():
 
 def test_each_epoch_is_a_new_permutation_and_the_seed_fixes_it():
     sft = synthetic()
-    order = sum(ids(run(data.batch_iterator(sft, **one_host(batch_size=5, seed=0,
-                                                              num_epochs=2)))), [])
-    epoch1, epoch2 = order[:50], order[50:]
+
+    def order(seed: int) -> list[int]:
+        batches = run(data.batch_iterator(sft, **one_host(batch_size=5, seed=seed, num_epochs=2)))
+        return [i for batch in ids(batches) for i in batch]
+
+    first = order(0)
+    epoch1, epoch2 = first[:50], first[50:]
     assert sorted(epoch1) == sorted(epoch2) == list(range(50))
     assert epoch1 != epoch2 and epoch1 != list(range(50))
-    again = sum(ids(run(data.batch_iterator(sft, **one_host(batch_size=5, seed=0,
-                                                              num_epochs=2)))), [])
-    other = sum(ids(run(data.batch_iterator(sft, **one_host(batch_size=5, seed=1,
-                                                              num_epochs=2)))), [])
-    assert again == order and other != order
+    assert order(0) == first and order(1) != first
 
 
 def test_two_hosts_see_disjoint_complete_shards_with_equal_shapes():
     sft = synthetic(num=48)
-    kwargs = dict(batch_size=8, seed=5, num_epochs=1, bucket_lengths=BUCKETS)
+    kwargs = {"batch_size": 8, "seed": 5, "num_epochs": 1, "bucket_lengths": BUCKETS}
     single = run(data.batch_iterator(sft, shard_index=0, shard_count=1, **kwargs))
-    hosts = [run(data.batch_iterator(sft, shard_index=i, shard_count=2, **kwargs))
-             for i in range(2)]
+    hosts = [
+        run(data.batch_iterator(sft, shard_index=i, shard_count=2, **kwargs)) for i in range(2)
+    ]
     assert len(hosts[0]) == len(hosts[1]) == len(single) == 6
     for step, (a, b, whole) in enumerate(zip(*hosts, single)):
         assert a["input_ids"].shape == b["input_ids"].shape == (4, whole["input_ids"].shape[1])
@@ -105,13 +112,15 @@ def test_batches_are_padded_to_the_smallest_fitting_bucket():
         assert batch["input_ids"].shape == (4, want)
         for row, n in enumerate(lengths):
             assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (want - n)
-            np.testing.assert_array_equal(batch["loss_mask"][row, :n],
-                                          sft.examples[batch["example_id"][row]]["loss_mask"])
+            np.testing.assert_array_equal(
+                batch["loss_mask"][row, :n], sft.examples[batch["example_id"][row]]["loss_mask"]
+            )
 
 
 def test_last_partial_batch_is_filled_with_padding_rows():
-    batches = run(data.batch_iterator(synthetic(num=10), **one_host(batch_size=4,
-                                                                       drop_remainder=False)))
+    batches = run(
+        data.batch_iterator(synthetic(num=10), **one_host(batch_size=4, drop_remainder=False))
+    )
     assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 4]
     last = batches[-1]
     assert last["example_id"].tolist()[2:] == [-1, -1]
@@ -123,9 +132,11 @@ def test_last_partial_batch_is_filled_with_padding_rows():
 def test_pair_batches_share_one_length():
     pairs = synthetic("pair")
     batch = next(data.batch_iterator(pairs, **one_host(batch_size=4)))
-    assert set(batch) == {f"{side}_{field}" for side in ("chosen", "rejected")
-                          for field in ("input_ids", "attention_mask", "loss_mask")} | {
-                              "example_id"}
+    assert set(batch) == {
+        f"{side}_{field}"
+        for side in ("chosen", "rejected")
+        for field in ("input_ids", "attention_mask", "loss_mask")
+    } | {"example_id"}
     assert batch["chosen_input_ids"].shape == batch["rejected_input_ids"].shape
     assert (batch["rejected_attention_mask"].sum(1) < batch["chosen_attention_mask"].sum(1)).all()
 
@@ -143,8 +154,9 @@ def test_configuration_errors_are_explicit():
     with pytest.raises(ValueError, match="not divisible by shard_count=3"):
         data.batch_iterator(sft, batch_size=4, shard_index=0, shard_count=3)
     with pytest.raises(ValueError, match="exceeds the largest bucket length 32"):
-        data.batch_iterator(sft, batch_size=4, shard_index=0, shard_count=1,
-                            bucket_lengths=(16, 32))
+        data.batch_iterator(
+            sft, batch_size=4, shard_index=0, shard_count=1, bucket_lengths=(16, 32)
+        )
     with pytest.raises(ValueError, match=r"shard_index=2 is not in \[0, shard_count=2\)"):
         data.batch_iterator(sft, batch_size=4, shard_index=2, shard_count=2)
 

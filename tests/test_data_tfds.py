@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("tensorflow", reason="the TFDS builder test needs the tfds extra (TensorFlow)")
 pytest.importorskip("tensorflow_datasets")
 
-from alignjax import data  # noqa: E402
-from alignjax.data import records as R  # noqa: E402
-from alignjax.data import tfds_builder  # noqa: E402
+from alignjax import data
+from alignjax.data import records as R
+from alignjax.data import tfds_builder
 
 HH_SPLITS = {
     "harmless_base_test": (2312, 0),
@@ -42,7 +42,7 @@ def test_prepare_and_read_hh_rlhf(shared_data, tmp_path):
         )
         assert counts[R.ROWS] == rows and counts[R.IDENTICAL_PAIRS] == identical
         # TFDS shuffles on preparation: the same pairs, in another order.
-        key = lambda e: (repr(e.prompt), e.chosen, e.rejected)  # noqa: E731
+        key = lambda e: (repr(e.prompt), e.chosen, e.rejected)
         assert sorted(map(key, examples)) == sorted(map(key, local))
 
 
@@ -58,5 +58,5 @@ def test_prepare_and_read_corrections(shared_data, tmp_path):
         data_dir=str(tmp_path),
     )
     local, _ = data.load_examples(f"{shared_data}/aligner/aligner_template-dataset.json", "aligner")
-    key = lambda e: (e.question, e.answer, e.correction)  # noqa: E731
+    key = lambda e: (e.question, e.answer, e.correction)
     assert sorted(map(key, examples)) == sorted(map(key, local))

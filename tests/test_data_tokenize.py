@@ -46,6 +46,12 @@ def test_multi_turn_sft_trains_every_assistant_turn(smollm2_tokenizer):
     td = data.tokenize([data.SFTExample(CONVERSATION)], tok, max_length=512)
     row = td.examples[0]
     ids, mask = row["input_ids"], row["loss_mask"].astype(bool)
+    print("\nSFT chat messages (trained runs in [[ ]]):")
+    print(
+        "".join(
+            f"[[{tok.decode([t])}]]" if m else tok.decode([t]) for t, m in zip(ids, mask)
+        ).replace("]][[", "")
+    )
     # The whole sequence is exactly the template's rendering (which ends with "<|im_end|>\n").
     full = tok.apply_chat_template(list(CONVERSATION), tokenize=False)
     assert tok.decode(ids) == full.removesuffix("\n")
@@ -68,8 +74,10 @@ def test_single_turn_trains_response_and_eos_only(smollm2_tokenizer):
 def test_truncation_counts_and_kept_spans(smollm2_tokenizer):
     tok = smollm2_tokenizer
     long_answer = " ".join(["word"] * 200)
-    examples = [data.PairExample(R.user_prompt("Say words."), long_answer, "No."),
-                data.PairExample(R.user_prompt("Hi"), "Hello.", "Hey.")]
+    examples = [
+        data.PairExample(R.user_prompt("Say words."), long_answer, "No."),
+        data.PairExample(R.user_prompt("Hi"), "Hello.", "Hey."),
+    ]
     for policy, dropped in (("drop", 1), ("cut_response", 0), ("keep_end", 0)):
         td = data.tokenize(examples, tok, max_length=64, truncation=policy)
         assert td.counts[R.DROPPED_TOO_LONG] == dropped
@@ -81,7 +89,8 @@ def test_truncation_counts_and_kept_spans(smollm2_tokenizer):
     assert len(cut["chosen_input_ids"]) == 64
     assert cut["chosen_input_ids"][-1] != tok.eos_token_id  # a cut response has no EOS
     assert tok.decode(cut["rejected_input_ids"][cut["rejected_loss_mask"] == 1]) == (
-        "No.<|im_end|>")
+        "No.<|im_end|>"
+    )
     td = data.tokenize(examples, tok, max_length=64, truncation="keep_end", max_prompt_length=8)
     assert td.counts[R.TRUNCATED_PROMPT] == 1 and td.counts[R.TRUNCATED_RESPONSE] == 1
     row = td.examples[0]
@@ -94,8 +103,9 @@ def test_keep_end_on_multi_turn_keeps_the_last_turn(smollm2_tokenizer):
     long_turns = (USER, {"role": "assistant", "content": "x " * 100}, *CONVERSATION[2:])
     full = data.tokenize([data.SFTExample(long_turns)], tok, max_length=1024).examples[0]
     n = len(full["input_ids"])
-    row = data.tokenize([data.SFTExample(long_turns)], tok, max_length=n - 10,
-                        truncation="keep_end").examples[0]
+    row = data.tokenize(
+        [data.SFTExample(long_turns)], tok, max_length=n - 10, truncation="keep_end"
+    ).examples[0]
     np.testing.assert_array_equal(row["input_ids"], full["input_ids"][10:])
     np.testing.assert_array_equal(row["loss_mask"][1:], full["loss_mask"][11:])
     assert row["loss_mask"][0] == 0
@@ -109,23 +119,35 @@ def test_a_tokenizer_without_chat_template_is_refused(smollm2_tokenizer):
     with pytest.raises(ValueError, match="'base-model' has no chat template"):
         data.ChatRenderer(NoTemplate())
     # An explicit template works with any tokenizer.
-    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
-               "{% if add_generation_prompt %}assistant: {% endif %}"
-    row = data.tokenize([data.SFTExample((USER, {"role": "assistant", "content": "Red."}))],
-                        smollm2_tokenizer, max_length=64, chat_template=template).examples[0]
+    template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    row = data.tokenize(
+        [data.SFTExample((USER, {"role": "assistant", "content": "Red."}))],
+        smollm2_tokenizer,
+        max_length=64,
+        chat_template=template,
+    ).examples[0]
     assert smollm2_tokenizer.decode(row["input_ids"]) == "user: Name a colour.\nassistant: Red." + (
-        smollm2_tokenizer.eos_token)
+        smollm2_tokenizer.eos_token
+    )
 
 
 def test_a_template_that_rewrites_content_is_refused(smollm2_tokenizer):
     template = "{% for m in messages %}{{ m['content'] | trim }}{% endfor %}"
-    ex = data.SFTExample((USER, {"role": "assistant", "content": " padded "}))
-    with pytest.raises(ValueError, match="turn 1"):
+    ex = data.SFTExample((USER, {"role": "assistant", "content": " padded "}), origin="f.json:3")
+    with pytest.raises(ValueError, match="f.json:3: chat template .* turn 1"):
         data.tokenize([ex], smollm2_tokenizer, max_length=64, chat_template=template)
 
 
 def test_mixed_kinds_are_refused(smollm2_tokenizer):
     with pytest.raises(ValueError, match="one kind"):
-        data.tokenize([data.PromptExample(R.user_prompt("a")),
-                       data.SFTExample((USER, {"role": "assistant", "content": "b"}))],
-                      smollm2_tokenizer, max_length=64)
+        data.tokenize(
+            [
+                data.PromptExample(R.user_prompt("a")),
+                data.SFTExample((USER, {"role": "assistant", "content": "b"})),
+            ],
+            smollm2_tokenizer,
+            max_length=64,
+        )

@@ -94,9 +94,8 @@ class ChatRenderer:
                     f"chat template does not render turn {i} of the conversation as an extension "
                     "of the previous turns followed by the verbatim assistant content"
                 )
-            pieces.append(Piece(tail + head[len(done):], False))
+            pieces.append(Piece(tail + head[len(done) :], False))
             pieces.append(Piece(content, True))
-            tail = full[len(head) + len(content):]
-            tail = tail[len(eos_text):] if eos_text and tail.startswith(eos_text) else tail
+            tail = full[len(head) + len(content) :].removeprefix(eos_text)
             done = full
         return [p for p in pieces if p.text or p.trained]

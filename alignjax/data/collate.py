@@ -45,7 +45,7 @@ def _pad(seqs: list[np.ndarray | None], length: int, value: int, left: bool = Fa
         if s is None or len(s) == 0:
             continue
         if left:
-            out[i, length - len(s):] = s
+            out[i, length - len(s) :] = s
         else:
             out[i, : len(s)] = s
     return out
@@ -63,8 +63,9 @@ def _lm(rows: Sequence[Row], length: int, pad_id: int, prefix: str = "") -> Batc
     ids = _field(rows, f"{prefix}input_ids")
     return {
         f"{prefix}input_ids": _pad(ids, length, pad_id),
-        f"{prefix}attention_mask": _pad([None if s is None else np.ones_like(s) for s in ids],
-                                        length, 0),
+        f"{prefix}attention_mask": _pad(
+            [None if s is None else np.ones_like(s) for s in ids], length, 0
+        ),
         f"{prefix}loss_mask": _pad(_field(rows, f"{prefix}loss_mask"), length, 0),
     }
 
@@ -88,23 +89,32 @@ def collate_unpaired(rows: Sequence[Row], length: int, pad_id: int) -> Batch:
 
 def collate_pair(rows: Sequence[Row], length: int, pad_id: int) -> Batch:
     """chosen_* and rejected_* input_ids, attention_mask, loss_mask [B, L]; example_id [B]."""
-    return {**_lm(rows, length, pad_id, "chosen_"), **_lm(rows, length, pad_id, "rejected_"),
-            "example_id": _ids(rows)}
+    return {
+        **_lm(rows, length, pad_id, "chosen_"),
+        **_lm(rows, length, pad_id, "rejected_"),
+        "example_id": _ids(rows),
+    }
 
 
 def collate_prompt(rows: Sequence[Row], length: int, pad_id: int) -> Batch:
     """Left-padded input_ids, attention_mask [B, L]; example_id [B]."""
     ids = _field(rows, "input_ids")
     mask = [None if s is None else np.ones_like(s) for s in ids]
-    return {"input_ids": _pad(ids, length, pad_id, left=True),
-            "attention_mask": _pad(mask, length, 0, left=True), "example_id": _ids(rows)}
+    return {
+        "input_ids": _pad(ids, length, pad_id, left=True),
+        "attention_mask": _pad(mask, length, 0, left=True),
+        "example_id": _ids(rows),
+    }
 
 
 def collate_packed(rows: Sequence[Row], length: int, pad_id: int) -> Batch:
     """input_ids, attention_mask, loss_mask, segment_ids, positions [B, L]."""
     segments = _pad(_field(rows, "segment_ids"), length, 0)
-    return {**_lm(rows, length, pad_id), "segment_ids": segments,
-            "positions": _pad(_field(rows, "positions"), length, 0)}
+    return {
+        **_lm(rows, length, pad_id),
+        "segment_ids": segments,
+        "positions": _pad(_field(rows, "positions"), length, 0),
+    }
 
 
 COLLATORS: dict[str, Callable[[Sequence[Row], int, int], Batch]] = {

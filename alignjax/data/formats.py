@@ -34,31 +34,33 @@ from alignjax.data import hh_rlhf
 from alignjax.data import records as R
 from alignjax.data.records import Example, MalformedRowError, Messages
 
-_MISSING = object()
-
 
 class Fields:
     """A raw row read through a field-name map; errors name the location and the field."""
 
     def __init__(self, row: Any, location: str, names: Mapping[str, str]):
         if not isinstance(row, Mapping):
-            raise MalformedRowError(location, "<row>", f"expected an object, got {type(row).__name__}")
+            raise MalformedRowError(
+                location, "<row>", f"expected an object, got {type(row).__name__}"
+            )
         self.row, self.location, self.names = row, location, names
 
     def has(self, field: str) -> bool:
         return self.row.get(self.names.get(field, field)) is not None
 
-    def get(self, field: str, types: type | tuple[type, ...] = str, optional: bool = False) -> Any:
-        """The value of canonical `field`, checked against `types` (None if optional and absent)."""
+    def get(self, field: str, types: type | tuple[type, ...] = str) -> Any:
+        """The value of canonical `field`, checked against `types`."""
         key = self.names.get(field, field)
-        value = self.row.get(key, _MISSING)
-        if value is _MISSING or value is None:
-            if optional:
-                return None
+        value = self.row.get(key)
+        if value is None:
             raise MalformedRowError(self.location, key, f"missing (row has {sorted(self.row)})")
         if not isinstance(value, types):
-            names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-            raise MalformedRowError(self.location, key, f"expected {names}, got {type(value).__name__}")
+            names = (
+                types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+            )
+            raise MalformedRowError(
+                self.location, key, f"expected {names}, got {type(value).__name__}"
+            )
         return value
 
     def error(self, field: str, problem: str) -> MalformedRowError:
@@ -71,8 +73,11 @@ class Fields:
             return R.user_prompt(value)
         out = []
         for i, m in enumerate(value):
-            if not (isinstance(m, Mapping) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)):
+            if not (
+                isinstance(m, Mapping)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+            ):
                 raise self.error(field, f"message {i} is not a {{'role': str, 'content': str}}")
             out.append({"role": m["role"], "content": m["content"]})
         if not out:
@@ -87,8 +92,9 @@ class Fields:
         return msgs
 
 
-def _pair(f: Fields, counts: collections.Counter[str], prompt: Messages, chosen: str,
-          rejected: str) -> R.PairExample | None:
+def _pair(
+    f: Fields, counts: collections.Counter[str], prompt: Messages, chosen: str, rejected: str
+) -> R.PairExample | None:
     if chosen == rejected:
         counts[R.IDENTICAL_PAIRS] += 1
         return None
@@ -137,10 +143,15 @@ def parse_preference(f: Fields, counts: collections.Counter[str]) -> R.PairExamp
         prompt = c_msgs[:n]
         if not prompt or prompt[-1]["role"] == "assistant":
             raise f.error("prompt", "missing, and chosen/rejected share no prompt turns")
-    c_msgs = c_msgs[len(prompt):] if c_msgs[: len(prompt)] == prompt else c_msgs
-    r_msgs = r_msgs[len(prompt):] if r_msgs[: len(prompt)] == prompt else r_msgs
-    return _pair(f, counts, prompt, _final_assistant(f, "chosen", c_msgs),
-                 _final_assistant(f, "rejected", r_msgs))
+    c_msgs = c_msgs[len(prompt) :] if c_msgs[: len(prompt)] == prompt else c_msgs
+    r_msgs = r_msgs[len(prompt) :] if r_msgs[: len(prompt)] == prompt else r_msgs
+    return _pair(
+        f,
+        counts,
+        prompt,
+        _final_assistant(f, "chosen", c_msgs),
+        _final_assistant(f, "rejected", r_msgs),
+    )
 
 
 def parse_hh_rlhf(f: Fields, counts: collections.Counter[str]) -> R.PairExample | None:

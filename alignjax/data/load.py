@@ -11,8 +11,9 @@ from alignjax.data.formats import parse_rows
 from alignjax.data.records import Example
 
 
-def _rows(source: str, split: str | None, data_dir: str | None, **kwargs: Any
-          ) -> Iterator[readers.Row]:
+def _rows(
+    source: str, split: str | None, data_dir: str | None, **kwargs: Any
+) -> Iterator[readers.Row]:
     if source.startswith(("hf:", "tfds:")):
         scheme, name = source.split(":", 1)
         if split is None:
@@ -22,6 +23,8 @@ def _rows(source: str, split: str | None, data_dir: str | None, **kwargs: Any
         if data_dir is None:
             raise ValueError(f"{source}: a tfds source needs data_dir=")
         return readers.read_tfds_rows(name, split=split, data_dir=data_dir)
+    if kwargs:
+        raise ValueError(f"{source}: {sorted(kwargs)} only apply to hf: sources")
     return readers.read_rows(source)
 
 
@@ -55,7 +58,12 @@ def load_examples(
     examples: list[Example] = []
     counts: collections.Counter[str] = collections.Counter()
     for source in sources:
-        more, counts = parse_rows(_rows(source, split, data_dir, **hf_kwargs), format,
-                                  fields=fields, on_malformed=on_malformed, counts=counts)
+        more, counts = parse_rows(
+            _rows(source, split, data_dir, **hf_kwargs),
+            format,
+            fields=fields,
+            on_malformed=on_malformed,
+            counts=counts,
+        )
         examples.extend(more)
     return examples, counts

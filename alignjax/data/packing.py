@@ -65,14 +65,19 @@ def pack(data: TokenizedData, length: int) -> TokenizedData:
     rows = []
     for members in best_fit_bins(lengths, length):
         parts = [data.examples[i] for i in members]
-        rows.append({
-            "input_ids": np.concatenate([p["input_ids"] for p in parts]),
-            "loss_mask": np.concatenate([p["loss_mask"] for p in parts]),
-            "segment_ids": np.concatenate(
-                [np.full(lengths[i], s, np.int32) for s, i in enumerate(members, start=1)]),
-            "positions": np.concatenate([np.arange(lengths[i], dtype=np.int32) for i in members]),
-            "example_ids": np.array([p["example_id"] for p in parts], np.int32),
-        })
+        rows.append(
+            {
+                "input_ids": np.concatenate([p["input_ids"] for p in parts]),
+                "loss_mask": np.concatenate([p["loss_mask"] for p in parts]),
+                "segment_ids": np.concatenate(
+                    [np.full(lengths[i], s, np.int32) for s, i in enumerate(members, start=1)]
+                ),
+                "positions": np.concatenate(
+                    [np.arange(lengths[i], dtype=np.int32) for i in members]
+                ),
+                "example_ids": np.array([p["example_id"] for p in parts], np.int32),
+            }
+        )
     counts = data.counts.copy()
     counts[PACKED_ROWS] += len(rows)
     return TokenizedData("packed", rows, data.pad_id, counts)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import grain
 from absl import flags
@@ -113,11 +114,13 @@ def batch_dataset(
     ds = ds.batch(
         batch_size,
         drop_remainder=drop_remainder,
-        batch_fn=HostBatch(data.kind, data.pad_id, buckets, shard_index, shard_count,
-                           batch_size // shard_count),
+        batch_fn=HostBatch(
+            data.kind, data.pad_id, buckets, shard_index, shard_count, batch_size // shard_count
+        ),
     )
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                              prefetch_buffer_size=prefetch))
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    )
     if worker_count > 0:
         # grain 0.2.18's worker processes read an absl flag, which fails unless flags were
         # parsed (absl.app does that); outside absl.app, use the defaults.
@@ -127,6 +130,6 @@ def batch_dataset(
     return ds
 
 
-def batch_iterator(data: TokenizedData, **kwargs) -> grain.DatasetIterator:
+def batch_iterator(data: TokenizedData, **kwargs: Any) -> grain.DatasetIterator:
     """`iter(batch_dataset(data, **kwargs))`: batches with `get_state()` / `set_state()`."""
     return iter(batch_dataset(data, **kwargs))

@@ -80,15 +80,16 @@ def read_rows(path: str) -> Iterator[Row]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such data file")
-    base = path.removesuffix(".gz")
-    if base.endswith(".parquet"):
+    if path.endswith(".parquet"):
         import pyarrow.parquet as pq  # optional dependency, imported only when used
 
         for i, row in enumerate(pq.read_table(path).to_pylist()):
             yield f"{path} row {i}", row
         return
-    if not base.endswith((".json", ".jsonl")):
-        raise ValueError(f"{path}: unknown data file type (expected .json, .jsonl[.gz], .parquet)")
+    if not path.removesuffix(".gz").endswith((".json", ".jsonl")):
+        raise ValueError(
+            f"{path}: unknown data file type (expected .json[.gz], .jsonl[.gz], .parquet)"
+        )
     with _open_text(path) as f:
         text = f.read()
     if text.lstrip().startswith("["):
@@ -97,7 +98,9 @@ def read_rows(path: str) -> Iterator[Row]:
         yield from _jsonl_rows(path, text)
 
 
-def read_hf_rows(name: str, *, split: str, config: str | None = None, **kwargs: Any) -> Iterator[Row]:
+def read_hf_rows(
+    name: str, *, split: str, config: str | None = None, **kwargs: Any
+) -> Iterator[Row]:
     """Rows of a Hugging Face dataset by name (needs the `datasets` package and a network).
 
     Args:

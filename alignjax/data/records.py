@@ -14,10 +14,8 @@ non-assistant turn; the tokenizer's chat template renders it (`alignjax.data.cha
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 Message = Mapping[str, str]
 Messages = tuple[Message, ...]
@@ -147,13 +145,3 @@ def prompts_of(examples: Iterable[Example]) -> list[PromptExample]:
         else:
             raise TypeError(f"{ex.origin}: {type(ex).__name__} has no chat prompt")
     return out
-
-
-def new_counts() -> collections.Counter[str]:
-    """An empty counter for the names above."""
-    return collections.Counter()
-
-
-def as_dict(counts: Mapping[str, Any]) -> dict[str, int]:
-    """Counts as a plain sorted dict (for logging and JSON)."""
-    return {k: int(v) for k, v in sorted(counts.items())}

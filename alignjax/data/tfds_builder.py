@@ -21,10 +21,11 @@ files does not (`alignjax.data.readers.read_tfds_rows`, then the usual formats: 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -42,8 +43,10 @@ class AlignjaxLocal(tfds.core.GeneratorBasedBuilder):
     """Local HH-RLHF preference pairs and Aligner correction triplets."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "HH-RLHF transcripts and Aligner corrections from local files."}
-    BUILDER_CONFIGS = [
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {
+        "1.0.0": "HH-RLHF transcripts and Aligner corrections from local files."
+    }
+    BUILDER_CONFIGS: ClassVar[list[tfds.core.BuilderConfig]] = [
         tfds.core.BuilderConfig(name="hh_rlhf", description="HH-RLHF chosen/rejected transcripts"),
         tfds.core.BuilderConfig(name="corrections", description="Aligner (q, a, correction)"),
     ]
@@ -64,16 +67,20 @@ class AlignjaxLocal(tfds.core.GeneratorBasedBuilder):
         if self.builder_config.name == "hh_rlhf":
             paths = sorted(glob.glob(os.path.join(root, "hh-rlhf", "*", "*.jsonl.gz")))
             names = [
-                _split_name(f"{os.path.basename(os.path.dirname(p))}_"
-                            f"{os.path.basename(p).removesuffix('.jsonl.gz')}")
+                _split_name(
+                    f"{os.path.basename(os.path.dirname(p))}_"
+                    f"{os.path.basename(p).removesuffix('.jsonl.gz')}"
+                )
                 for p in paths
             ]
         else:
             paths = sorted(glob.glob(os.path.join(root, "aligner", "*.json")))
             names = [_split_name(os.path.basename(p)[: -len(".json")]) for p in paths]
         if not paths:
-            raise FileNotFoundError(f"{root}: no {self.builder_config.name} files found; "
-                                    f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+            raise FileNotFoundError(
+                f"{root}: no {self.builder_config.name} files found; "
+                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
         return {name: self._generate_examples(path) for name, path in zip(names, paths)}
 
     def _generate_examples(self, path: str) -> Iterator[tuple[str, dict[str, str]]]:
@@ -85,8 +92,10 @@ class AlignjaxLocal(tfds.core.GeneratorBasedBuilder):
         form = "aligner" if rows and "question" in rows[0][1] else "alpaca_eval_aligner"
         examples, _ = parse_rows(rows, form)
         for i, ex in enumerate(examples):
-            yield str(i), {"question": ex.question, "answer": ex.answer,
-                              "correction": ex.correction}
+            yield (
+                str(i),
+                {"question": ex.question, "answer": ex.answer, "correction": ex.correction},
+            )
 
 
 def prepare(config: str, *, manual_dir: str, data_dir: str) -> tfds.core.DatasetBuilder:
@@ -100,8 +109,13 @@ def prepare(config: str, *, manual_dir: str, data_dir: str) -> tfds.core.Dataset
     Returns:
       The prepared builder (`builder.info.splits` lists the splits and their sizes).
     """
-    builder = tfds.builder(f"alignjax_local/{config}", data_dir=data_dir,
-                           file_format="array_record")
+    if importlib.util.find_spec("importlib_resources") is None:
+        # tensorflow-datasets 4.9.10 imports it when preparing, but does not require it.
+        raise ImportError("preparing a TFDS dataset needs `pip install importlib_resources`")
+    builder = tfds.builder(
+        f"alignjax_local/{config}", data_dir=data_dir, file_format="array_record"
+    )
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
     return builder

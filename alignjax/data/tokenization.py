@@ -54,8 +54,9 @@ class TokenizedData:
         return len(self.examples)
 
 
-def _layout(example: Example, renderer: ChatRenderer, aligner_instruction: str
-            ) -> tuple[list[Piece], list[str]]:
+def _layout(
+    example: Example, renderer: ChatRenderer, aligner_instruction: str
+) -> tuple[list[Piece], list[str]]:
     """(untrained-or-earlier pieces, final alternative responses) of one example."""
     if isinstance(example, R.SFTExample):
         pieces = renderer.conversation(example.messages)
@@ -76,14 +77,25 @@ def _encode_all(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[li
     """Token ids of each text, without added special tokens (batched for speed)."""
     ids: list[list[int]] = []
     for start in range(0, len(texts), _ENCODE_CHUNK):
-        chunk = texts[start:start + _ENCODE_CHUNK]
-        ids.extend(tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)[
-            "input_ids"])
+        chunk = texts[start : start + _ENCODE_CHUNK]
+        ids.extend(
+            tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        )
     return ids
 
 
-def _ids(*parts: Sequence[int]) -> np.ndarray:
-    return np.fromiter((t for p in parts for t in p), np.int32)
+def _prefix(
+    pieces: list[Piece], piece_ids: list[list[int]], eos: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and loss mask of the pieces before the final response (earlier assistant turns train,
+    each followed by a trained EOS)."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for piece, tokens in zip(pieces, piece_ids):
+        tokens = tokens + [eos] if piece.trained else tokens
+        ids += tokens
+        mask += [int(piece.trained)] * len(tokens)
+    return np.asarray(ids, np.int32), np.asarray(mask, np.uint8)
 
 
 def tokenize(
@@ -119,9 +131,15 @@ def tokenize(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; the trained span needs one")
-    layouts = [_layout(ex, renderer, aligner_instruction) for ex in examples]
-    texts = [p.text for pieces, resps in layouts for p in pieces] + [
-        r for _, resps in layouts for r in resps]
+    layouts = []
+    for ex in examples:
+        try:
+            layouts.append(_layout(ex, renderer, aligner_instruction))
+        except ValueError as e:
+            raise ValueError(f"{ex.origin}: {e}") from None
+    texts = [p.text for pieces, _ in layouts for p in pieces] + [
+        r for _, resps in layouts for r in resps
+    ]
     encoded = iter(_encode_all(tokenizer, texts))
     prefixes = [[next(encoded) for _ in pieces] for pieces, _ in layouts]
     responses = [[next(encoded) for _ in resps] for _, resps in layouts]
@@ -129,41 +147,54 @@ def tokenize(
     counts = collections.Counter(counts or {})
     out = []
     for i, ((pieces, _), piece_ids, resp_ids) in enumerate(zip(layouts, prefixes, responses)):
-        prompt = _ids(*[ids + [eos] if p.trained else ids for p, ids in zip(pieces, piece_ids)])
-        prompt_mask = np.concatenate(
-            [np.full(len(ids) + p.trained, p.trained, np.uint8) for p, ids in zip(pieces, piece_ids)]
-            or [np.zeros(0, np.uint8)])
+        prompt, prompt_mask = _prefix(pieces, piece_ids, eos)
         if len(prompt) == 0:
             raise ValueError(f"{examples[i].origin}: the chat template rendered an empty prompt")
-        resps = [_ids(ids, [eos]) for ids in resp_ids]
-        kept = kept_lengths(len(prompt), [len(r) for r in resps], max_length=max_length,
-                            policy=truncation, max_prompt_length=max_prompt_length)
+        resps = [np.asarray(ids + [eos], np.int32) for ids in resp_ids]
+        kept = kept_lengths(
+            len(prompt),
+            [len(r) for r in resps],
+            max_length=max_length,
+            policy=truncation,
+            max_prompt_length=max_prompt_length,
+        )
         if kept is None:
             counts[R.DROPPED_TOO_LONG] += 1
             continue
         counts[R.TRUNCATED_PROMPT] += int(kept.prompt < len(prompt))
         counts[R.TRUNCATED_RESPONSE] += int(any(k < len(r) for k, r in zip(kept.responses, resps)))
-        prompt, prompt_mask = prompt[len(prompt) - kept.prompt:], prompt_mask[len(prompt) - kept.prompt:]
+        prompt, prompt_mask = prompt[-kept.prompt :], prompt_mask[-kept.prompt :]
         prompt_mask[0] = 0  # nothing predicts the first token (matters after "keep_end")
-        seqs = [(np.concatenate([prompt, r[:k]]),
-                 np.concatenate([prompt_mask, np.ones(k, np.uint8)]))
-                for r, k in zip(resps, kept.responses)]
+        seqs = [
+            (np.concatenate([prompt, r[:k]]), np.concatenate([prompt_mask, np.ones(k, np.uint8)]))
+            for r, k in zip(resps, kept.responses)
+        ]
         out.append(_example(kind, examples[i], i, prompt, seqs))
     counts[R.TOKENIZED] += len(out)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     return TokenizedData(kind, out, int(pad), counts)
 
 
-def _example(kind: str, example: Example, index: int, prompt: np.ndarray,
-             seqs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def _example(
+    kind: str,
+    example: Example,
+    index: int,
+    prompt: np.ndarray,
+    seqs: list[tuple[np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
     """The stored fields of one tokenized example (see the module docstring)."""
     if kind == "prompt":
         return {"input_ids": prompt, "example_id": index}
     if kind == "pair":
         (c_ids, c_mask), (r_ids, r_mask) = seqs
-        return {"chosen_input_ids": c_ids, "chosen_loss_mask": c_mask,
-                "rejected_input_ids": r_ids, "rejected_loss_mask": r_mask, "example_id": index}
-    (ids, mask), = seqs
+        return {
+            "chosen_input_ids": c_ids,
+            "chosen_loss_mask": c_mask,
+            "rejected_input_ids": r_ids,
+            "rejected_loss_mask": r_mask,
+            "example_id": index,
+        }
+    ((ids, mask),) = seqs
     row = {"input_ids": ids, "loss_mask": mask, "example_id": index}
     if kind == "correction":
         row["correction_start"] = len(prompt)
