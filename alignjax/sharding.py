@@ -95,3 +95,20 @@ def batch_sharding(mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> jax.sharding
 
 def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
     return jax.sharding.NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(abstract_state, params_sharding, tx, mesh: jax.sharding.Mesh):
+    """Shardings of a `steps.TrainState`: optimiser moments follow their parameters.
+
+    Args:
+      abstract_state: `jax.eval_shape` of `steps.init_state`.
+      params_sharding: the parameters' shardings (e.g. `jax.tree.map(lambda x: x.sharding, p)`).
+      tx: the optax transformation that built `abstract_state.opt_state`.
+      mesh: the mesh; everything that is not a parameter copy (counts, RNG) is replicated.
+    """
+    import optax
+
+    rep = replicated(mesh)
+    opt = optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state,
+                                           params_sharding, transform_non_params=lambda _: rep)
+    return abstract_state.replace(step=rep, params=params_sharding, opt_state=opt, rng=rep)

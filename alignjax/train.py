@@ -1,13 +1,18 @@
 """The experiment runner: `run(config, workdir)` trains, evaluates, checkpoints and exports.
 
-Workdir layout: config.json (resolved config), metrics.jsonl, tensorboard/, checkpoints/ (orbax,
-with the data iterator state), export/ (Hugging Face format, at the end). Re-running the same
-command resumes from the last checkpoint: parameters, optimiser, step, RNG and data position.
+Workdir layout: config.json (resolved config), data_counts.json (rows read, dropped, truncated),
+metrics.jsonl, tensorboard/ (events), checkpoints/ (orbax: the last `keep_checkpoints` states
+with the data iterator position), best/ (parameters with the best `best_metric` so far),
+export/ (Hugging Face format, at the end). Re-running the same command resumes from the last
+checkpoint: parameters, optimiser, step, RNG and data position.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import os
 import time
 from typing import Any
@@ -27,6 +32,8 @@ from alignjax.tokenizer import load_tokenizer
 
 # Batch fields that stay on the host (bookkeeping, not model inputs).
 _HOST_ONLY = ("example_id", "example_ids")
+# Objectives whose loss compares the policy with a reference model.
+_NEEDS_REFERENCE = ("dpo", "robust_dpo", "ipo", "hinge")
 
 
 def _model_path(config) -> str:
@@ -41,34 +48,65 @@ def _model_path(config) -> str:
 def _load_model(config, mesh):
     path = _model_path(config)
     head = "scalar" if config.objective == "rm" else "lm"
-    overrides = dict(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                     remat=config.model.remat)
+    overrides = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
+                 "remat": config.model.remat}
     cfg = (models.gguf_config(path, **overrides) if path.endswith(".gguf")
            else models.load_hf_config(path, **overrides))
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: models.build(cfg, head=head)))
+    _, abstract = nnx.split(nnx.eval_shape(lambda: models.build(cfg, head=head)))
     with nnx.logical_axis_rules(sharding.DEFAULT_RULES):
         shardings = sharding.param_shardings(abstract, mesh)
     model, cfg = models.load_pretrained(path, head=head, shardings=shardings, **overrides)
     return model, cfg
 
 
+def _resolve(sources, key: str) -> list[str]:
+    """Local paths of `config.data.<key>`; "shared:<rel>" is relative to the shared data dir."""
+    sources = sources.split(",") if isinstance(sources, str) else list(sources)
+    out = []
+    for s in sources:
+        if s.startswith("shared:"):
+            s = os.path.join(data_lib.shared_data_dir(), s[len("shared:"):])
+        if ":" not in s.split(os.sep)[0] and not os.path.exists(s):
+            raise FileNotFoundError(f"config.data.{key}: no such file {s!r}")
+        out.append(s)
+    return out
+
+
+def _as_sft(examples):
+    """SFT on the chosen responses of preference pairs; other examples are kept as they are."""
+    return [data_lib.SFTExample(messages=(*e.prompt, {"role": "assistant", "content": e.chosen}),
+                                origin=e.origin)
+            if isinstance(e, data_lib.PairExample) else e for e in examples]
+
+
 def _examples(config, workdir):
-    source = config.data.train
-    if source == "embedded:quickstart":
+    d = config.data
+    if d.train == "embedded:quickstart":
         from alignjax.quickstart_data import write_quickstart
 
-        source = write_quickstart(os.path.join(workdir, "quickstart.jsonl"))
-    examples, counts = data_lib.load_examples(source, config.data.format,
-                                              on_malformed=config.data.on_malformed)
-    if config.data.eval:
-        eval_examples, _ = data_lib.load_examples(config.data.eval, config.data.format,
-                                                  on_malformed=config.data.on_malformed)
-    else:  # hold out the last `eval_size` examples
-        n = config.data.eval_size
+        train_sources = [write_quickstart(os.path.join(workdir, "quickstart.jsonl"))]
+    else:
+        train_sources = _resolve(d.train, "train")
+    examples, counts = data_lib.load_examples(train_sources, d.format,
+                                              on_malformed=d.on_malformed)
+    if d.eval:
+        eval_examples, _ = data_lib.load_examples(_resolve(d.eval, "eval"), d.format,
+                                                  on_malformed=d.on_malformed)
+    else:  # hold out `eval_size` examples: the last ones, or a random subset
+        n = d.eval_size
         if n >= len(examples):
             raise ValueError(f"config.data.eval_size={n} leaves no training examples "
-                             f"({len(examples)} in {source})")
-        examples, eval_examples = examples[:-n] if n else examples, examples[-n:] if n else []
+                             f"({len(examples)} in {train_sources})")
+        if d.holdout == "random":
+            order = np.random.default_rng(d.holdout_seed).permutation(len(examples))
+            examples = [examples[i] for i in order]
+        elif d.holdout != "last":
+            raise ValueError(f"config.data.holdout={d.holdout!r}: expected 'last' or 'random'")
+        examples, eval_examples = examples[:len(examples) - n], examples[len(examples) - n:]
+    if d.train_size:
+        examples = examples[:d.train_size]
+    if config.objective in ("sft",):
+        examples, eval_examples = _as_sft(examples), _as_sft(eval_examples)
     return examples, eval_examples, counts
 
 
@@ -77,47 +115,135 @@ def _to_device(batch, batch_sharding):
             for k, v in batch.items() if k not in _HOST_ONLY}
 
 
-def _evaluate(eval_fn, state, eval_data, config, batch_sharding, frozen):
+def _with_reference(batch, cache):
+    """Adds cached reference log-probs (by example id) to a host batch."""
+    if cache is None:
+        return batch
+    ids = np.maximum(batch["example_id"], 0)
+    return {**batch, "ref_chosen_logps": cache[0][ids], "ref_rejected_logps": cache[1][ids]}
+
+
+def _reference_cache(ref_fn, params, data, config, batch_sharding):
+    """Reference log-probs of every pair of `data`, computed once: ([N], [N]) float32."""
+    chosen, rejected = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
+    it = data_lib.batch_iterator(data, batch_size=config.eval_batch_size, shuffle=False,
+                                 num_epochs=1, drop_remainder=False, prefetch=0,
+                                 bucket_lengths=config.data.buckets or None)
+    total = -(-len(data) // config.eval_batch_size)
+    for b in tqdm(it, total=total, desc="reference log-probs", unit="batch", leave=False):
+        c, r = jax.device_get(ref_fn(params, _to_device(b, batch_sharding)))
+        keep = b["example_id"] >= 0
+        chosen[b["example_id"][keep]] = c[keep]
+        rejected[b["example_id"][keep]] = r[keep]
+    return chosen, rejected
+
+
+def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _evaluate(eval_fn, state, eval_data, ref_cache, config, batch_sharding, frozen):
     if eval_data is None:
         return {}
     it = data_lib.batch_iterator(eval_data, batch_size=config.eval_batch_size, shuffle=False,
                                  num_epochs=1, drop_remainder=False, prefetch=0,
                                  bucket_lengths=config.data.buckets or None)
-    results = [jax.device_get(eval_fn(state.params, _to_device(b, batch_sharding), frozen))
-               for b in it]
+    total = -(-len(eval_data) // config.eval_batch_size)
+    results = [jax.device_get(eval_fn(state.params,
+                                      _to_device(_with_reference(b, ref_cache), batch_sharding),
+                                      frozen))
+               for b in tqdm(it, total=total, desc="eval", unit="batch", leave=False)]
     merged = merge_metrics({k: np.stack([r[k] for r in results]) for k in results[0]})
     out = {f"eval/{k}": float(v) for k, v in merged.items() if not k.endswith(("/sum", "/count"))}
     if "eval/sft/nll" in out:
         out["eval/perplexity"] = float(np.exp(out["eval/sft/nll"]))
+    for name in [k for k in out if k.endswith("/accuracy")]:
+        n = len(eval_data)
+        out[f"{name}_ci95_low"], out[f"{name}_ci95_high"] = wilson_interval(out[name] * n, n)
     return out
+
+
+class _Writer:
+    """metrics.jsonl and TensorBoard events (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.active = jax.process_index() == 0
+        if self.active:
+            from tensorboardX import SummaryWriter
+
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float]):
+        if not self.active:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def close(self):
+        if self.active:
+            self.jsonl.close()
+            self.tb.close()
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.objective` as configured; returns the last train and eval metrics."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(**config.mesh)
     tokenizer = load_tokenizer(_model_path(config))
+    train_ex, eval_ex, counts = _examples(config, workdir)  # file errors before the model loads
     model, cfg = _load_model(config, mesh)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ValueError(f"config.model.path: tokenizer has {tokenizer.vocab_size} tokens but the "
-                         f"model's vocabulary is {cfg.vocab_size}")
-    train_ex, eval_ex, counts = _examples(config, workdir)
-    tok_kw = dict(max_length=config.data.max_length, truncation=config.data.truncation)
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"config.model.path: the tokenizer has {len(tokenizer)} tokens but the "
+                         f"model's vocabulary has {cfg.vocab_size}: they do not belong together")
+    tok_kw = {"max_length": config.data.max_length, "truncation": config.data.truncation,
+              "max_prompt_length": config.data.max_prompt_length or None}
     train_data = data_lib.tokenize(train_ex, tokenizer, counts=counts, **tok_kw)
     eval_data = data_lib.tokenize(eval_ex, tokenizer, **tok_kw) if eval_ex else None
-    if counts:
-        tqdm.write(f"data: {dict(counts)}")
+    if eval_data is not None and config.objective not in ("sft", "aligner"):
+        # pair metrics are batch means: keep whole eval batches so no padding row counts
+        whole = len(eval_data) - len(eval_data) % config.eval_batch_size
+        if whole < len(eval_data):
+            tqdm.write(f"eval: using {whole} of {len(eval_data)} pairs (whole batches of "
+                       f"config.eval_batch_size={config.eval_batch_size})")
+            eval_data = dataclasses.replace(eval_data, examples=eval_data.examples[:whole])
+    all_counts = {"train": dict(train_data.counts),
+                  "eval": dict(eval_data.counts) if eval_data is not None else {}}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "data_counts.json"), "w") as f:
+            json.dump(all_counts, f, indent=2)
+    tqdm.write(f"data: {all_counts}")
 
     graphdef, params = nnx.split(model)
     objective = objectives.get(config.objective, **config.loss.to_dict())
     tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
-    state = jax.jit(lambda p: steps.init_state(p, tx, config.seed))(params)
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
     batch_sharding = sharding.batch_sharding(mesh)
-    needs_ref = config.objective in objectives.PREFERENCE_LOSSES[:4]
-    frozen = objectives.Frozen(graphdef, jax.tree.map(jnp.copy, params)) if needs_ref else None
+    needs_ref = config.objective in _NEEDS_REFERENCE
+    frozen, ref_cache, eval_ref_cache = None, None, None
+    if needs_ref and config.ref_cache:  # one pass now instead of a forward in every step
+        ref_fn = jax.jit(lambda p, b: objectives.pair_logps(nnx.merge(graphdef, p), b))
+        ref_cache = _reference_cache(ref_fn, params, train_data, config, batch_sharding)
+        if eval_data is not None:
+            eval_ref_cache = _reference_cache(ref_fn, params, eval_data, config, batch_sharding)
+    elif needs_ref:
+        frozen = objectives.Frozen(graphdef, jax.tree.map(jnp.copy, params))
+    init = functools.partial(steps.init_state, tx=tx, seed=config.seed)
+    state_sharding = sharding.state_shardings(jax.eval_shape(init, params),
+                                              jax.tree.map(lambda x: x.sharding, params), tx, mesh)
+    state = jax.jit(init, out_shardings=state_sharding)(params)
+    del params, model
     frozen_sharding = (jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None)
     train_step = steps.make_train_step(graphdef, objective, tx, state_sharding=state_sharding,
                                        batch_sharding=batch_sharding,
@@ -130,12 +256,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return objective.loss(nnx.merge(graphdef, params), batch, frozen, jax.random.key(0),
                               total)[1]
 
+    def evaluate(state):
+        return _evaluate(eval_fn, state, eval_data, eval_ref_cache, config, batch_sharding,
+                         frozen)
+
     it = data_lib.batch_iterator(train_data, batch_size=config.batch_size, seed=config.seed,
                                  num_epochs=None, bucket_lengths=config.data.buckets or None)
     manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                              save_interval_steps=config.checkpoint_every))
+    best_sign = {"min": 1.0, "max": -1.0}[config.best_mode]
+    best = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "best")),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: best_sign * m[config.best_metric], best_mode="min"))
     if manager.latest_step() is not None:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
@@ -144,29 +279,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         it.set_state(restored.data)
         tqdm.write(f"resumed from step {int(state.step)}")
 
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    def save_best(step, metrics):
+        if eval_data is None or config.best_metric not in metrics:
+            return
+        best.save(step, args=ocp.args.StandardSave(state.params),
+                  metrics={config.best_metric: metrics[config.best_metric]})
+
+    writer = _Writer(workdir)
     start = int(state.step)
-    if start == 0 and eval_data is not None:  # the starting point of the eval curves
-        initial = _evaluate(eval_fn, state, eval_data, config, batch_sharding, frozen)
-        metrics_file.write(json.dumps({"step": 0, **initial}) + "\n")
+    if start == 0 and eval_data is not None and config.eval_at_start:
+        initial = evaluate(state)
+        writer.write(0, initial)
         tqdm.write(f"step 0: {initial}")
     bar = tqdm(total=config.steps, initial=start, desc=config.objective, unit="step")
     last, tokens, t0 = {}, 0, time.time()
     for step in range(start, config.steps):
-        batch = next(it)
-        tokens += int(np.sum(batch.get("attention_mask", batch.get("chosen_attention_mask"))))
+        batch = _with_reference(next(it), ref_cache)
+        tokens += int(sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask")))
         state, metrics = train_step(state, _to_device(batch, batch_sharding), frozen)
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()
                        if not k.endswith(("/sum", "/count"))}
             metrics["train/tokens_per_s"] = tokens / (time.time() - t0)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                metrics.update(_evaluate(eval_fn, state, eval_data, config, batch_sharding,
-                                         frozen))
+                metrics.update(evaluate(state))
+                save_best(step + 1, metrics)
             tokens, t0 = 0, time.time()
             last = metrics
-            metrics_file.write(json.dumps({"step": step + 1, **metrics}) + "\n")
-            metrics_file.flush()
+            writer.write(step + 1, metrics)
             bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
                             tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         manager.save(step + 1, args=ocp.args.Composite(
@@ -174,7 +314,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         bar.update(1)
     bar.close()
     manager.wait_until_finished()
-    metrics_file.close()
+    best.wait_until_finished()
+    writer.close()
     if config.export:
         models.save_hf(nnx.merge(graphdef, state.params), os.path.join(workdir, "export"),
                        tokenizer=tokenizer)

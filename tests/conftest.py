@@ -29,3 +29,21 @@ def shared_data() -> str:
     if not os.path.isdir(path):
         pytest.skip(f"real data not found at {path} (set ALIGNJAX_SHARED_DATA)")
     return path
+
+
+def save_tiny_model(path: str, tokenizer, **overrides) -> str:
+    """A random two-layer Llama in Hugging Face format with the SmolLM2 tokenizer beside it."""
+    from alignjax import models
+
+    settings = {"vocab_size": len(tokenizer), "max_position_embeddings": 512,
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id}
+    cfg = models.tiny_config("llama", **{**settings, **overrides})
+    models.save_hf(models.build(cfg), path, tokenizer=tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer) -> str:
+    """A directory holding a tiny random model that shares the SmolLM2 vocabulary."""
+    return save_tiny_model(str(tmp_path_factory.mktemp("tiny_model")), smollm2_tokenizer)

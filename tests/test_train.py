@@ -1,0 +1,146 @@
+"""The experiment runner end to end on a tiny model: every config, outputs, bad input."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import save_tiny_model
+
+from alignjax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith(("common.py", "__init__.py")))
+
+
+
+def _load(path: str):
+    import importlib.util
+
+    file, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("cfg", file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, REPO)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(REPO)
+    return mod.get_config(arg) if arg else mod.get_config()
+
+
+def small(config, model_dir: str, steps: int = 2):
+    """The same config on a tiny model, a few examples and `steps` steps."""
+    config.model.path = model_dir
+    config.steps = steps
+    config.batch_size = config.eval_batch_size = 4
+    config.log_every = config.eval_every = config.checkpoint_every = 1
+    config.export = True
+    if config.data.train != "embedded:quickstart":
+        config.data.eval_size = 8
+        config.data.train_size = 16
+    return config
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_runs(name, tiny_model_dir, shared_data, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", f"{name}.py")), tiny_model_dir)
+    last = train.run(config, str(tmp_path))
+    assert last["train/loss"] > 0
+    assert any(k.startswith("eval/") for k in last)
+    rows = read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows][-2:] == [1, 2]
+    assert os.path.isfile(os.path.join(tmp_path, "export", "config.json"))
+    assert glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
+    assert os.listdir(os.path.join(tmp_path, "best"))  # the best parameters by the eval metric
+    counts = json.loads((tmp_path / "data_counts.json").read_text())
+    assert counts["train"]["tokenized"] > 0
+
+
+@pytest.mark.parametrize("loss", ["ipo", "simpo", "orpo", "hinge"])
+def test_dpo_family_by_name(loss, tiny_model_dir, shared_data, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", "dpo.py") + f":{loss}"), tiny_model_dir,
+                   steps=1)
+    if loss in ("simpo", "orpo"):
+        config.loss.beta = 2.0 if loss == "simpo" else 0.1
+    last = train.run(config, str(tmp_path))
+    assert last["train/loss"] > 0
+
+
+def test_best_checkpoint_keeps_the_best_step(tiny_model_dir, shared_data, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", "sft.py")), tiny_model_dir, steps=4)
+    config.optim.learning_rate = 1e-2
+    config.optim.warmup_steps = 0
+    train.run(config, str(tmp_path))
+    evals = {r["step"]: r["eval/sft/nll"] for r in read_metrics(str(tmp_path))
+             if "eval/sft/nll" in r}
+    best_step = min(evals, key=evals.get)
+    assert sorted(int(d) for d in os.listdir(tmp_path / "best") if d.isdigit()) == [best_step]
+    assert len([d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]) == 2  # last N
+
+
+def test_overlong_sequences_are_counted(tiny_model_dir, shared_data, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", "rm.py")), tiny_model_dir, steps=1)
+    config.data.max_length = 48
+    config.data.max_prompt_length = 24
+    config.data.buckets = (48,)
+    train.run(config, str(tmp_path))
+    counts = json.loads((tmp_path / "data_counts.json").read_text())["train"]
+    assert counts["truncated_prompt"] > 0 and counts["truncated_response"] > 0
+    config.data.truncation = "drop"
+    config.data.max_length, config.data.buckets = 128, (128,)
+    config.data.train_size, config.data.eval_size = 64, 32
+    train.run(config, str(tmp_path / "drop"))
+    counts = json.loads((tmp_path / "drop" / "data_counts.json").read_text())["train"]
+    assert 0 < counts["dropped_too_long"] < 64
+    assert counts["tokenized"] + counts["dropped_too_long"] == 64
+
+
+def test_missing_data_file_names_the_key(tiny_model_dir, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", "sft.py")), tiny_model_dir)
+    config.data.train = str(tmp_path / "nowhere.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"config\.data\.train: .*nowhere\.jsonl"):
+        train.run(config, str(tmp_path / "run"))
+
+
+def test_tokenizer_model_mismatch(smollm2_tokenizer, tmp_path):
+    model_dir = save_tiny_model(str(tmp_path / "model"), smollm2_tokenizer)
+    # A model whose vocabulary is smaller than the tokenizer beside it.
+    save_tiny_model(str(tmp_path / "small_vocab"), smollm2_tokenizer, vocab_size=256)
+    config = small(_load(os.path.join(REPO, "configs", "quickstart.py")), model_dir)
+    config.model.path = str(tmp_path / "small_vocab")
+    with pytest.raises(ValueError, match=r"config\.model\.path: the tokenizer has 49152 tokens "
+                                         r"but the model's vocabulary has 256"):
+        train.run(config, str(tmp_path / "run"))
+
+
+def test_unknown_config_key_fails():
+    out = subprocess.run([sys.executable, "-m", "alignjax.main", "--config", "configs/sft.py",
+                          "--workdir", "/nonexistent", "--config.optim.learnig_rate=1"],
+                         check=False, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode != 0
+    assert "learnig_rate" in out.stderr
+
+
+def test_cached_reference_equals_live_reference(tiny_model_dir, shared_data, tmp_path):
+    results = {}
+    for cached in (True, False):
+        config = small(_load(os.path.join(REPO, "configs", "dpo.py")), tiny_model_dir, steps=3)
+        config.ref_cache = cached
+        config.export = False
+        config.optim.learning_rate, config.optim.warmup_steps = 1e-3, 0
+        train.run(config, str(tmp_path / str(cached)))
+        results[cached] = read_metrics(str(tmp_path / str(cached)))
+    assert results[True][-1]["dpo/margin"] != 0  # the policy moved away from the reference
+    for a, b in zip(results[True], results[False]):
+        for k in a:
+            if k != "train/tokens_per_s":
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
