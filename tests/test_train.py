@@ -144,3 +144,15 @@ def test_cached_reference_equals_live_reference(tiny_model_dir, shared_data, tmp
         for k in a:
             if k != "train/tokens_per_s":
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights(tiny_model_dir, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", "quickstart.py")), tiny_model_dir)
+    config.model.dtype = "bfloat16"
+    config.export = False
+    last = train.run(config, str(tmp_path))
+    assert np.isfinite(last["train/loss"]) and last["train/update_norm"] > 0
+    from alignjax import models
+
+    restored, _ = models.load_pretrained(tiny_model_dir, dtype="bfloat16")
+    assert restored.lm_head.kernel.value.dtype == np.float32  # params stay float32
