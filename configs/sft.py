@@ -3,10 +3,10 @@
 Command:
   python -m alignjax.main --config configs/sft.py --workdir runs/sft
 
-Hardware: 2 CPU cores (float32). Runtime: about 15 minutes (30 steps of 8 sequences of at most
-128 tokens, and two evaluations of the 1,000 held-out chosen responses).
-Expected result: the held-out NLL of the chosen responses (eval/sft/nll) falls from step 0 to
-step 30.
+Hardware: 2 CPU cores (float32). Runtime: 12 minutes (30 steps of 8 sequences of at most 128
+tokens, and two evaluations of the 1,000 held-out chosen responses, 5 min each).
+Expected result (measured): the held-out NLL of the chosen responses (eval/sft/nll) falls from
+2.855 to 2.638 nats per token (perplexity 17.4 -> 14.0).
 """
 
 from configs import common
