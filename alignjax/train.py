@@ -36,7 +36,7 @@ _HOST_ONLY = ("example_id", "example_ids")
 _NEEDS_REFERENCE = ("dpo", "robust_dpo", "ipo", "hinge")
 
 
-def _model_path(config) -> str:
+def model_path(config) -> str:
     path = config.model.path
     if path == "smollm2-135m-instruct":
         from alignjax.assets import smollm2_gguf_path
@@ -46,7 +46,7 @@ def _model_path(config) -> str:
 
 
 def _load_model(config, mesh):
-    path = _model_path(config)
+    path = model_path(config)
     head = "scalar" if config.objective == "rm" else "lm"
     overrides = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
                  "remat": config.model.remat}
@@ -79,7 +79,8 @@ def _as_sft(examples):
             if isinstance(e, data_lib.PairExample) else e for e in examples]
 
 
-def _examples(config, workdir):
+def split_examples(config, workdir):
+    """(train examples, held-out examples, parse counts) as `config.data` selects them."""
     d = config.data
     if d.train == "embedded:quickstart":
         from alignjax.quickstart_data import write_quickstart
@@ -105,7 +106,7 @@ def _examples(config, workdir):
         examples, eval_examples = examples[:len(examples) - n], examples[len(examples) - n:]
     if d.train_size:
         examples = examples[:d.train_size]
-    if config.objective in ("sft",):
+    if config.objective == "sft":
         examples, eval_examples = _as_sft(examples), _as_sft(eval_examples)
     return examples, eval_examples, counts
 
@@ -123,14 +124,19 @@ def _with_reference(batch, cache):
     return {**batch, "ref_chosen_logps": cache[0][ids], "ref_rejected_logps": cache[1][ids]}
 
 
-def _reference_cache(ref_fn, params, data, config, batch_sharding):
-    """Reference log-probs of every pair of `data`, computed once: ([N], [N]) float32."""
-    chosen, rejected = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
+def _in_order(data, config, desc: str):
+    """One pass over `data` in order, in eval-size batches, with a progress bar."""
     it = data_lib.batch_iterator(data, batch_size=config.eval_batch_size, shuffle=False,
                                  num_epochs=1, drop_remainder=False, prefetch=0,
                                  bucket_lengths=config.data.buckets or None)
     total = -(-len(data) // config.eval_batch_size)
-    for b in tqdm(it, total=total, desc="reference log-probs", unit="batch", leave=False):
+    return tqdm(it, total=total, desc=desc, unit="batch", leave=False)
+
+
+def _reference_cache(ref_fn, params, data, config, batch_sharding):
+    """Reference log-probs of every pair of `data`, computed once: ([N], [N]) float32."""
+    chosen, rejected = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
+    for b in _in_order(data, config, "reference log-probs"):
         c, r = jax.device_get(ref_fn(params, _to_device(b, batch_sharding)))
         keep = b["example_id"] >= 0
         chosen[b["example_id"][keep]] = c[keep]
@@ -151,14 +157,10 @@ def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[fl
 def _evaluate(eval_fn, state, eval_data, ref_cache, config, batch_sharding, frozen):
     if eval_data is None:
         return {}
-    it = data_lib.batch_iterator(eval_data, batch_size=config.eval_batch_size, shuffle=False,
-                                 num_epochs=1, drop_remainder=False, prefetch=0,
-                                 bucket_lengths=config.data.buckets or None)
-    total = -(-len(eval_data) // config.eval_batch_size)
     results = [jax.device_get(eval_fn(state.params,
                                       _to_device(_with_reference(b, ref_cache), batch_sharding),
                                       frozen))
-               for b in tqdm(it, total=total, desc="eval", unit="batch", leave=False)]
+               for b in _in_order(eval_data, config, "eval")]
     merged = merge_metrics({k: np.stack([r[k] for r in results]) for k in results[0]})
     out = {f"eval/{k}": float(v) for k, v in merged.items() if not k.endswith(("/sum", "/count"))}
     if "eval/sft/nll" in out:
@@ -202,8 +204,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(**config.mesh)
-    tokenizer = load_tokenizer(_model_path(config))
-    train_ex, eval_ex, counts = _examples(config, workdir)  # file errors before the model loads
+    tokenizer = load_tokenizer(model_path(config))
+    # data file errors surface before the model loads
+    train_ex, eval_ex, counts = split_examples(config, workdir)
     model, cfg = _load_model(config, mesh)
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"config.model.path: the tokenizer has {len(tokenizer)} tokens but the "

@@ -44,13 +44,13 @@ def main():
     args = p.parse_args()
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    _, eval_ex, _ = train._examples(config, args.workdir)
-    tokenizer = load_tokenizer(train._model_path(config))
+    _, eval_ex, _ = train.split_examples(config, args.workdir)
+    tokenizer = load_tokenizer(train.model_path(config))
     data = data_lib.tokenize(eval_ex[: args.examples], tokenizer,
                              max_length=config.data.max_length,
                              truncation=config.data.truncation,
                              max_prompt_length=config.data.max_prompt_length or None)
-    reference, _ = models.load_pretrained(train._model_path(config))
+    reference, _ = models.load_pretrained(train.model_path(config))
     policy, _ = models.load_pretrained(os.path.join(args.workdir, "export"))
     kl_tok, kl_seq, ratio_c, ratio_r, n_tok = 0.0, [], [], [], 0
     it = data_lib.batch_iterator(data, batch_size=args.batch, shuffle=False, num_epochs=1,
