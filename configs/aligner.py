@@ -3,10 +3,10 @@
 Command:
   python -m alignjax.main --config configs/aligner.py --workdir runs/aligner
 
-Hardware: 2 CPU cores (float32). Runtime: about 10 minutes (30 steps of 8 triplets of at most
-256 tokens; two evaluations of 100 held-out triplets).
-Expected result: the held-out NLL of the corrections given question and answer
-(eval/sft/nll, i.e. -log mu(y_c | y_o, x) per token) falls from step 0 to step 30.
+Hardware: 2 CPU cores (float32). Runtime: 15 minutes measured beside the test suite (30 steps of
+8 triplets of at most 256 tokens; two evaluations of 100 held-out triplets). Peak RSS 12.8 GB.
+Result (measured, experiments/RESULTS.md): the held-out NLL of the corrections given question and
+answer (eval/sft/nll, -log mu(y_c | y_o, x) per token) falls from 2.136 to 2.021.
 """
 
 from configs import common
