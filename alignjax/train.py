@@ -111,6 +111,13 @@ def split_examples(config, workdir):
     return examples, eval_examples, counts
 
 
+def tokenize_kwargs(config) -> dict[str, Any]:
+    """The truncation arguments of `data.tokenize` that `config.data` sets."""
+    d = config.data
+    return {"max_length": d.max_length, "truncation": d.truncation,
+            "max_prompt_length": d.max_prompt_length or None}
+
+
 def _to_device(batch, batch_sharding):
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
             for k, v in batch.items() if k not in _HOST_ONLY}
@@ -211,8 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"config.model.path: the tokenizer has {len(tokenizer)} tokens but the "
                          f"model's vocabulary has {cfg.vocab_size}: they do not belong together")
-    tok_kw = {"max_length": config.data.max_length, "truncation": config.data.truncation,
-              "max_prompt_length": config.data.max_prompt_length or None}
+    tok_kw = tokenize_kwargs(config)
     train_data = data_lib.tokenize(train_ex, tokenizer, counts=counts, **tok_kw)
     eval_data = data_lib.tokenize(eval_ex, tokenizer, **tok_kw) if eval_ex else None
     if eval_data is not None and config.objective not in ("sft", "aligner"):

@@ -37,13 +37,10 @@ def main():
         config = ml_collections.ConfigDict(json.load(f))
     train_ex, eval_ex, _ = train.split_examples(config, args.workdir)
     tokenizer = load_tokenizer(train.model_path(config))
-    d = config.data
     print("| split | pairs | lengths | longer-is-chosen accuracy (95% CI) |\n|---|---|---|---|")
     for name, examples in (("train", train_ex), ("held-out", eval_ex)):
         for label, kwargs in (
-            (f"as trained ({d.max_length} tokens)",
-             {"max_length": d.max_length, "truncation": d.truncation,
-              "max_prompt_length": d.max_prompt_length or None}),
+            (f"as trained ({config.data.max_length} tokens)", train.tokenize_kwargs(config)),
             ("whole", {"max_length": 1 << 20}),
         ):
             acc = length_accuracy(data_lib.tokenize(examples, tokenizer, **kwargs))

@@ -46,10 +46,7 @@ def main():
         config = ml_collections.ConfigDict(json.load(f))
     _, eval_ex, _ = train.split_examples(config, args.workdir)
     tokenizer = load_tokenizer(train.model_path(config))
-    data = data_lib.tokenize(eval_ex[: args.examples], tokenizer,
-                             max_length=config.data.max_length,
-                             truncation=config.data.truncation,
-                             max_prompt_length=config.data.max_prompt_length or None)
+    data = data_lib.tokenize(eval_ex[: args.examples], tokenizer, **train.tokenize_kwargs(config))
     reference, _ = models.load_pretrained(train.model_path(config))
     policy, _ = models.load_pretrained(os.path.join(args.workdir, "export"))
     kl_tok, kl_seq, ratio_c, ratio_r, n_tok = 0.0, [], [], [], 0
