@@ -84,6 +84,11 @@ def reference_logps(batch: dict, frozen: Frozen | None):
     return pair_logps(frozen.model(), batch)
 
 
+def _reference_fields(model, batch: dict) -> dict:
+    chosen, rejected = pair_logps(model, batch)
+    return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+
+
 def _num_pairs(batch: dict) -> jax.Array:
     return jnp.asarray(batch["chosen_input_ids"].shape[0], jnp.float32)
 
@@ -130,11 +135,18 @@ def get(name: str, **kwargs: Any) -> Objective:
         "rm" (Bradley-Terry on a ScalarHeadModel), or one of PREFERENCE_LOSSES.
       **kwargs: keywords of the loss function (beta, label_smoothing, gamma, margin, ...).
     """
-    if name in ("sft", "aligner"):
-        return Objective(loss=_sft, count=_trained_tokens)
+    if name == "sft":
+        return Objective(loss=_sft, count=_trained_tokens, inputs="sft")
+    if name == "aligner":
+        return Objective(loss=_sft, count=_trained_tokens, inputs="correction")
     if name == "rm":
-        return Objective(loss=partial(_reward_model, **kwargs), count=_num_pairs)
+        return Objective(loss=partial(_reward_model, **kwargs), count=_num_pairs, inputs="pair",
+                         head="scalar")
+    if name in ("simpo", "orpo"):
+        return Objective(loss=partial(_preference, loss=name, **kwargs), count=_num_pairs,
+                         inputs="pair")
     if name in PREFERENCE_LOSSES:
-        return Objective(loss=partial(_preference, loss=name, **kwargs), count=_num_pairs)
+        return Objective(loss=partial(_preference, loss=name, **kwargs), count=_num_pairs,
+                         inputs="pair", reference=_reference_fields)
     raise ValueError(f"config.objective={name!r}: expected sft, aligner, rm or one of "
                      f"{PREFERENCE_LOSSES}")

@@ -33,15 +33,35 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """`loss(model, batch, frozen, rng, total) -> (loss, metrics)` and `count(batch) -> total`.
+    """What the generic step minimises, and what it needs from the runner.
 
-    `count` gives the normaliser of the whole (accumulated) batch (trained tokens for SFT, pairs
-    for DPO); `loss` divides its micro-batch sum by it, so micro-batch losses and gradients add up
-    to exactly those of the whole batch.
+    Attributes:
+      loss: `loss(model, batch, frozen, rng, total) -> (loss, metrics)`. It divides its
+        micro-batch sum by `total`, so micro-batch losses and gradients add up to exactly those
+        of the whole batch. Metrics follow `alignjax.losses.common` (masked means carry `/sum`
+        and `/count`; every other metric must be a plain mean over this micro-batch's rows).
+      count: `count(batch) -> total`, the normaliser of the whole (accumulated) batch (trained
+        tokens for SFT, pairs for DPO).
+      inputs: the batch layout the runner builds: "sft" (token sequences; pair data gives its
+        chosen side), "pair", "unpaired" or "correction" (`alignjax.data` kinds).
+      head: the model the runner builds: "lm" (language model) or "scalar" (a scalar head per
+        token: reward and value models).
+      reference: None, or `reference(model, batch) -> {name: [B] array}`: the reference
+        model's quantities that `loss` reads from the batch under those names. The runner
+        either computes them once per example before training (`config.ref_cache`) and adds
+        them to each batch, or passes the frozen reference model as `frozen` and `loss` calls
+        `reference(frozen.model(), batch)` itself.
+      prepare: None, or `prepare(model, batch, frozen) -> {name: array}`: statistics of the
+        whole batch (KTO's reference point), computed without gradient before the batch is
+        split into micro-batches and added to it (each array with a leading axis of size B).
     """
 
     loss: Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
     count: Callable[[Batch], jax.Array]
+    inputs: str = "sft"
+    head: str = "lm"
+    reference: Callable[[Any, Batch], dict[str, jax.Array]] | None = None
+    prepare: Callable[[Any, Batch, Any], dict[str, jax.Array]] | None = None
 
 
 def init_state(params: nnx.State, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -66,6 +86,9 @@ def train_step(state: TrainState, batch: Batch, frozen: Any, *, graphdef: nnx.Gr
     """
     rng = jax.random.fold_in(state.rng, state.step)
     total = objective.count(batch)
+    if objective.prepare is not None:
+        extra = objective.prepare(nnx.merge(graphdef, state.params), batch, frozen)
+        batch = {**batch, **jax.tree.map(jax.lax.stop_gradient, extra)}
 
     def grads_of(mb, key):
         def loss_fn(params):
