@@ -53,6 +53,26 @@ def token_logprobs(logits_BLV: Array, input_ids_BL: Array, *, temperature: float
     return _pad_first_column(picked_BT - jax.nn.logsumexp(logits_BTV, axis=-1))
 
 
+def values_before_tokens(values_BL: Array) -> Array:
+    """Per-token critic (or reward-head) outputs aligned like `token_logprobs`.
+
+    A scalar head at position t has read tokens 0..t, so its output is the value of the state
+    *after* token t, which is the state in which token t + 1 is chosen. Aligned to actions,
+    `out[:, t] = values_BL[:, t - 1]`: the value of the state before token t, the baseline of the
+    action whose log-prob is `token_logprobs(...)[:, t]`. Column 0 is 0.0, as for log-probs, so
+    a response mask selects values, log-probs and rewards of the same actions (GAE needs
+    exactly this: `gae(rewards_BL, values_before_tokens(v_BL), response_mask_BL)`).
+
+    Args:
+      values_BL: the head's output per position, e.g. `ScalarHeadModel(...)(ids, mask)`.
+
+    Returns:
+      values_BL shifted right by one, in float32, with 0.0 at column 0.
+    """
+    chex.assert_rank(values_BL, 2)
+    return _pad_first_column(as_float(values_BL)[:, :-1])
+
+
 def token_logprobs_from_hidden(
     hidden_BLD: Array,
     w_DV: Array,

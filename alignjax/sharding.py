@@ -112,3 +112,13 @@ def state_shardings(abstract_state, params_sharding, tx, mesh: jax.sharding.Mesh
     opt = optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state,
                                            params_sharding, transform_non_params=lambda _: rep)
     return abstract_state.replace(step=rep, params=params_sharding, opt_state=opt, rng=rep)
+
+
+def batch_shard_count(mesh: jax.sharding.Mesh, rules=DEFAULT_RULES) -> int:
+    """How many shards the batch axis of `batch_sharding(mesh)` is split into."""
+    spec = logical_to_spec(("batch",), rules)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    count = 1
+    for axis in axes:
+        count *= mesh.shape[axis]
+    return count

@@ -118,6 +118,15 @@ def train_step(state: TrainState, batch: Batch, frozen: Any, *, graphdef: nnx.Gr
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+def eval_metrics(params: nnx.State, batch: Batch, frozen: Any, *, graphdef: nnx.GraphDef,
+                 objective: Objective) -> dict[str, jax.Array]:
+    """The objective's metrics on `batch` (no gradient, no update): held-out evaluation."""
+    model = nnx.merge(graphdef, params)
+    if objective.prepare is not None:
+        batch = {**batch, **objective.prepare(model, batch, frozen)}
+    return objective.loss(model, batch, frozen, jax.random.key(0), objective.count(batch))[1]
+
+
 def make_train_step(graphdef, objective, tx, *, state_sharding, batch_sharding, frozen_sharding,
                     micro_batches: int = 1):
     """`train_step` jitted once, with explicit in/out shardings and the state donated."""

@@ -1,39 +1,34 @@
-"""The experiment runner: `run(config, workdir)` trains, evaluates, checkpoints and exports.
+"""The offline runner: `run(config, workdir)` sets a run up, `fit(...)` is its training loop.
 
 Workdir layout: config.json (resolved config), data_counts.json (rows read, dropped, truncated),
-metrics.jsonl, tensorboard/ (events), checkpoints/ (orbax: the last `keep_checkpoints` states
-with the data iterator position), best/ (parameters with the best `best_metric` so far),
-export/ (Hugging Face format, at the end). Re-running the same command resumes from the last
-checkpoint: parameters, optimiser, step, RNG and data position.
+metrics.jsonl and tensorboard/ (`alignjax.metrics`), checkpoints/ and best/
+(`alignjax.checkpoint`), export/ (Hugging Face format, at the end). Re-running the same
+command resumes from the last checkpoint (parameters, optimiser, step, RNG, data position); a
+finished run is not trained again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import math
 import os
+import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
+from alignjax import checkpoint, models, objectives, sharding, steps
 from alignjax import data as data_lib
-from alignjax import models, objectives, sharding, steps
-from alignjax.losses import merge_metrics
+from alignjax import evaluate as evaluate_lib
+from alignjax import metrics as metrics_lib
 from alignjax.tokenizer import load_tokenizer
-
-# Batch fields that stay on the host (bookkeeping, not model inputs).
-_HOST_ONLY = ("example_id", "example_ids")
-# Objectives whose loss compares the policy with a reference model.
-_NEEDS_REFERENCE = ("dpo", "robust_dpo", "ipo", "hinge")
 
 
 def model_path(config) -> str:
@@ -45,9 +40,8 @@ def model_path(config) -> str:
     return path
 
 
-def _load_model(config, mesh):
+def _load_model(config, mesh, head: str):
     path = model_path(config)
-    head = "scalar" if config.objective == "rm" else "lm"
     overrides = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
                  "remat": config.model.remat}
     cfg = (models.gguf_config(path, **overrides) if path.endswith(".gguf")
@@ -72,7 +66,7 @@ def _resolve(sources, key: str) -> list[str]:
     return out
 
 
-def _as_sft(examples):
+def as_sft(examples):
     """SFT on the chosen responses of preference pairs; other examples are kept as they are."""
     return [data_lib.SFTExample(messages=(*e.prompt, {"role": "assistant", "content": e.chosen}),
                                 origin=e.origin)
@@ -106,8 +100,6 @@ def split_examples(config, workdir):
         examples, eval_examples = examples[:len(examples) - n], examples[len(examples) - n:]
     if d.train_size:
         examples = examples[:d.train_size]
-    if config.objective == "sft":
-        examples, eval_examples = _as_sft(examples), _as_sft(eval_examples)
     return examples, eval_examples, counts
 
 
@@ -118,94 +110,89 @@ def tokenize_kwargs(config) -> dict[str, Any]:
             "max_prompt_length": d.max_prompt_length or None}
 
 
-def _to_device(batch, batch_sharding):
-    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
-            for k, v in batch.items() if k not in _HOST_ONLY}
+def _as_inputs(objective: steps.Objective, examples):
+    """The examples in the layout the objective trains on (`Objective.inputs`)."""
+    if objective.inputs == "sft":
+        return as_sft(examples)
+    if objective.inputs == "unpaired":
+        return data_lib.as_unpaired(examples)
+    return examples
 
 
-def _with_reference(batch, cache):
-    """Adds cached reference log-probs (by example id) to a host batch."""
-    if cache is None:
-        return batch
-    ids = np.maximum(batch["example_id"], 0)
-    return {**batch, "ref_chosen_logps": cache[0][ids], "ref_rejected_logps": cache[1][ids]}
+def _write_json(workdir: str, name: str, obj) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, name), "w") as f:
+            json.dump(obj, f, indent=2)
 
 
-def _in_order(data, config, desc: str):
-    """One pass over `data` in order, in eval-size batches, with a progress bar."""
-    it = data_lib.batch_iterator(data, batch_size=config.eval_batch_size, shuffle=False,
-                                 num_epochs=1, drop_remainder=False, prefetch=0,
-                                 bucket_lengths=config.data.buckets or None)
-    total = -(-len(data) // config.eval_batch_size)
-    return tqdm(it, total=total, desc=desc, unit="batch", leave=False)
-
-
-def _reference_cache(ref_fn, params, data, config, batch_sharding):
-    """Reference log-probs of every pair of `data`, computed once: ([N], [N]) float32."""
-    chosen, rejected = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
-    for b in _in_order(data, config, "reference log-probs"):
-        c, r = jax.device_get(ref_fn(params, _to_device(b, batch_sharding)))
-        keep = b["example_id"] >= 0
-        chosen[b["example_id"][keep]] = c[keep]
-        rejected[b["example_id"][keep]] = r[keep]
-    return chosen, rejected
-
-
-def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[float, float]:
-    """The 95% Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def _evaluate(eval_fn, state, eval_data, ref_cache, config, batch_sharding, frozen):
-    if eval_data is None:
-        return {}
-    results = [jax.device_get(eval_fn(state.params,
-                                      _to_device(_with_reference(b, ref_cache), batch_sharding),
-                                      frozen))
-               for b in _in_order(eval_data, config, "eval")]
-    merged = merge_metrics({k: np.stack([r[k] for r in results]) for k in results[0]})
-    out = {f"eval/{k}": float(v) for k, v in merged.items() if not k.endswith(("/sum", "/count"))}
-    if "eval/sft/nll" in out:
-        out["eval/perplexity"] = float(np.exp(out["eval/sft/nll"]))
-    for name in [k for k in out if k.endswith("/accuracy")]:
-        n = len(eval_data)
-        out[f"{name}_ci95_low"], out[f"{name}_ci95_high"] = wilson_interval(out[name] * n, n)
+def export(model, tokenizer, workdir: str) -> str:
+    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0)."""
+    out = os.path.join(workdir, "export")
+    if jax.process_index() == 0:
+        tmp = out + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        models.save_hf(model, tmp, tokenizer=tokenizer)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
     return out
 
 
-class _Writer:
-    """metrics.jsonl and TensorBoard events (process 0 only)."""
+def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: int,
+        to_device: Callable[[dict], dict], checkpointer: checkpoint.Checkpointer,
+        writer: metrics_lib.Writer, evaluate: Callable[[Any], dict] | None = None,
+        frozen: Any = None, log_every: int = 1, eval_every: int = 0,
+        desc: str = "train") -> tuple[steps.TrainState, dict[str, float]]:
+    """Steps `state` to `num_steps`: logs, evaluates, checkpoints (the final step always).
 
-    def __init__(self, workdir: str):
-        self.active = jax.process_index() == 0
-        if self.active:
-            from tensorboardX import SummaryWriter
+    Args:
+      state: the (restored) train state; training starts at `state.step`.
+      train_step: `train_step(state, device batch, frozen) -> (state, metrics)`.
+      batches: a grain iterator of host batches (`get_state()` is checkpointed).
+      num_steps: the last step.
+      to_device: host batch -> device batch (adds cached fields, places the arrays).
+      checkpointer: where states and best params go.
+      writer: where metrics go.
+      evaluate: `evaluate(state) -> metrics` (held-out), or None.
+      frozen: the step's frozen argument (reference model), or None.
+      log_every: train metrics every this many steps (and at the last).
+      eval_every: evaluation every this many steps (and at the last); 0 only at the last.
+      desc: the progress bar's label.
 
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, metrics: dict[str, float]):
-        if not self.active:
-            return
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
-        self.tb.flush()
-
-    def close(self):
-        if self.active:
-            self.jsonl.close()
-            self.tb.close()
+    Returns:
+      The final state and the metrics logged at the last step.
+    """
+    start = int(state.step)
+    bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step")
+    last, tokens, t0 = {}, 0, time.time()
+    for step in range(start, num_steps):
+        host = next(batches)
+        tokens += int(sum(np.sum(v) for k, v in host.items() if k.endswith("attention_mask")))
+        state, metrics = train_step(state, to_device(host), frozen)
+        done = step + 1
+        logged = {}
+        if done % log_every == 0 or done == num_steps:
+            logged = metrics_lib.to_host(metrics)
+            logged["train/tokens_per_s"] = tokens / (time.time() - t0)
+            tokens, t0 = 0, time.time()
+            bar.set_postfix(loss=f"{logged['train/loss']:.4f}",
+                            tok_s=f"{logged['train/tokens_per_s']:.0f}")
+        if evaluate is not None and ((eval_every and done % eval_every == 0)
+                                     or done == num_steps):
+            held_out = evaluate(state)
+            logged.update(held_out)
+            checkpointer.save_best(done, state.params, held_out)
+        if logged:
+            writer.write(done, logged)
+            last = logged
+        checkpointer.save(done, state, batches.get_state(), force=done == num_steps)
+        bar.update(1)
+    bar.close()
+    return state, last
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config.objective` as configured; returns the last train and eval metrics."""
+    """Trains `config.objective` as configured; returns the last logged metrics."""
+    objective = objectives.get(config.objective, **config.loss.to_dict())
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -214,118 +201,89 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path(config))
     # data file errors surface before the model loads
     train_ex, eval_ex, counts = split_examples(config, workdir)
-    model, cfg = _load_model(config, mesh)
+    train_ex, eval_ex = _as_inputs(objective, train_ex), _as_inputs(objective, eval_ex)
+    model, cfg = _load_model(config, mesh, objective.head)
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"config.model.path: the tokenizer has {len(tokenizer)} tokens but the "
                          f"model's vocabulary has {cfg.vocab_size}: they do not belong together")
     tok_kw = tokenize_kwargs(config)
     train_data = data_lib.tokenize(train_ex, tokenizer, counts=counts, **tok_kw)
     eval_data = data_lib.tokenize(eval_ex, tokenizer, **tok_kw) if eval_ex else None
-    if eval_data is not None and config.objective not in ("sft", "aligner"):
-        # pair metrics are batch means: keep whole eval batches so no padding row counts
-        whole = len(eval_data) - len(eval_data) % config.eval_batch_size
-        if whole < len(eval_data):
-            tqdm.write(f"eval: using {whole} of {len(eval_data)} pairs (whole batches of "
-                       f"config.eval_batch_size={config.eval_batch_size})")
-            eval_data = dataclasses.replace(eval_data, examples=eval_data.examples[:whole])
     all_counts = {"train": dict(train_data.counts),
                   "eval": dict(eval_data.counts) if eval_data is not None else {}}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "data_counts.json"), "w") as f:
-            json.dump(all_counts, f, indent=2)
+    _write_json(workdir, "data_counts.json", all_counts)
     tqdm.write(f"data: {all_counts}")
 
     graphdef, params = nnx.split(model)
-    objective = objectives.get(config.objective, **config.loss.to_dict())
-    tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
-    batch_sharding = sharding.batch_sharding(mesh)
-    needs_ref = config.objective in _NEEDS_REFERENCE
-    frozen, ref_cache, eval_ref_cache = None, None, None
-    if needs_ref and config.ref_cache:  # one pass now instead of a forward in every step
-        ref_fn = jax.jit(lambda p, b: objectives.pair_logps(nnx.merge(graphdef, p), b))
-        ref_cache = _reference_cache(ref_fn, params, train_data, config, batch_sharding)
+    del model
+    buckets = tuple(config.data.buckets or ())
+    passes = {"batch_size": config.eval_batch_size, "buckets": buckets}
+    frozen, train_cache, eval_cache = None, None, None
+    if objective.reference is not None and config.ref_cache:
+        # one pass now instead of a reference forward in every step
+        ref_fn = jax.jit(lambda p, b: objective.reference(nnx.merge(graphdef, p), b))
+        train_cache = evaluate_lib.reference_cache(ref_fn, params, train_data, mesh, **passes)
         if eval_data is not None:
-            eval_ref_cache = _reference_cache(ref_fn, params, eval_data, config, batch_sharding)
-    elif needs_ref:
+            eval_cache = evaluate_lib.reference_cache(ref_fn, params, eval_data, mesh, **passes)
+    elif objective.reference is not None:
         frozen = objectives.Frozen(graphdef, jax.tree.map(jnp.copy, params))
+
+    tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
     init = functools.partial(steps.init_state, tx=tx, seed=config.seed)
     state_sharding = sharding.state_shardings(jax.eval_shape(init, params),
                                               jax.tree.map(lambda x: x.sharding, params), tx, mesh)
     state = jax.jit(init, out_shardings=state_sharding)(params)
-    del params, model
-    frozen_sharding = (jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None)
+    del params
+    frozen_sharding = jax.tree.map(lambda x: x.sharding, frozen) if frozen is not None else None
     train_step = steps.make_train_step(graphdef, objective, tx, state_sharding=state_sharding,
-                                       batch_sharding=batch_sharding,
+                                       batch_sharding=sharding.batch_sharding(mesh),
                                        frozen_sharding=frozen_sharding,
                                        micro_batches=config.micro_batches)
-
-    @jax.jit
-    def eval_fn(params, batch, frozen):
-        total = objective.count(batch)
-        return objective.loss(nnx.merge(graphdef, params), batch, frozen, jax.random.key(0),
-                              total)[1]
-
-    def evaluate(state):
-        return _evaluate(eval_fn, state, eval_data, eval_ref_cache, config, batch_sharding,
-                         frozen)
-
-    it = data_lib.batch_iterator(train_data, batch_size=config.batch_size, seed=config.seed,
-                                 num_epochs=None, bucket_lengths=config.data.buckets or None)
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                             save_interval_steps=config.checkpoint_every))
-    best_sign = {"min": 1.0, "max": -1.0}[config.best_mode]
-    best = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "best")),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: best_sign * m[config.best_metric], best_mode="min"))
-    if manager.latest_step() is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-        state = restored.state
-        it.set_state(restored.data)
+    batches = data_lib.batch_iterator(train_data, batch_size=config.batch_size, seed=config.seed,
+                                      num_epochs=None, bucket_lengths=buckets or None)
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                   every=config.checkpoint_every, best_metric=config.best_metric,
+                                   best_mode=config.best_mode)
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state, data_state = restored
+        batches.set_state(data_state)
         tqdm.write(f"resumed from step {int(state.step)}")
-
-    def save_best(step, metrics):
-        if eval_data is None or config.best_metric not in metrics:
-            return
-        best.save(step, args=ocp.args.StandardSave(state.params),
-                  metrics={config.best_metric: metrics[config.best_metric]})
-
-    writer = _Writer(workdir)
     start = int(state.step)
-    if start == 0 and eval_data is not None and config.eval_at_start:
-        initial = evaluate(state)
-        writer.write(0, initial)
-        tqdm.write(f"step 0: {initial}")
-    bar = tqdm(total=config.steps, initial=start, desc=config.objective, unit="step")
-    last, tokens, t0 = {}, 0, time.time()
-    for step in range(start, config.steps):
-        batch = _with_reference(next(it), ref_cache)
-        tokens += int(sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask")))
-        state, metrics = train_step(state, _to_device(batch, batch_sharding), frozen)
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()
-                       if not k.endswith(("/sum", "/count"))}
-            metrics["train/tokens_per_s"] = tokens / (time.time() - t0)
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                metrics.update(evaluate(state))
-                save_best(step + 1, metrics)
-            tokens, t0 = 0, time.time()
-            last = metrics
-            writer.write(step + 1, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
-                            tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        manager.save(step + 1, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(it.get_state())))
-        bar.update(1)
-    bar.close()
-    manager.wait_until_finished()
-    best.wait_until_finished()
-    writer.close()
-    if config.export:
-        models.save_hf(nnx.merge(graphdef, state.params), os.path.join(workdir, "export"),
-                       tokenizer=tokenizer)
+    writer = metrics_lib.Writer(workdir, resume_step=start)
+
+    evaluate = None
+    if eval_data is not None:
+        eval_fn = jax.jit(functools.partial(steps.eval_metrics, graphdef=graphdef,
+                                            objective=objective))
+        evaluate = lambda s: evaluate_lib.evaluate(  # noqa: E731
+            lambda p, b: eval_fn(p, b, frozen), s.params, eval_data, mesh, cache=eval_cache,
+            **passes)
+
+    def to_device(host):
+        if train_cache is not None:
+            host = train_cache.add_to(host)
+        return evaluate_lib.to_device(host, mesh)
+
+    try:
+        if start >= config.steps:
+            tqdm.write(f"{workdir}: already trained to step {start} (config.steps="
+                       f"{config.steps}); nothing to do")
+            rows = [r for r in metrics_lib.read_metrics(workdir) if r["step"] == start]
+            last = {k: v for r in rows for k, v in r.items() if k != "step"}
+        else:
+            if start == 0 and evaluate is not None and config.eval_at_start:
+                initial = evaluate(state)
+                writer.write(0, initial)
+                tqdm.write(f"step 0: {initial}")
+            state, last = fit(state, train_step, batches, num_steps=config.steps,
+                              to_device=to_device, checkpointer=ckpt, writer=writer,
+                              evaluate=evaluate, frozen=frozen, log_every=config.log_every,
+                              eval_every=config.eval_every, desc=config.objective)
+    finally:
+        ckpt.close()
+        writer.close()
+    if config.export and (start < config.steps
+                          or not os.path.isdir(os.path.join(workdir, "export"))):
+        export(nnx.merge(graphdef, state.params), tokenizer, workdir)
     return last

@@ -83,6 +83,27 @@ def test_gradient_accumulation_is_exact(name, batch_fn, head, kw):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.parametrize("name,batch_fn,head,kw", [
+    ("sft", sft_batch, "lm", {}),
+    ("aligner", sft_batch, "lm", {}),
+    ("rm", pair_batch, "scalar", {}),
+    ("dpo", pair_batch, "lm", {"beta": 0.1}),
+    ("simpo", pair_batch, "lm", {"beta": 2.0, "gamma": 0.5}),
+    ("orpo", pair_batch, "lm", {"beta": 0.1}),
+])
+def test_every_metric_is_the_same_for_1_2_and_4_micro_batches(name, batch_fn, head, kw):
+    """Not only the loss: every reported metric is the whole batch's, however it is split."""
+    batch = batch_fn(n=8)
+    runs = {k: _run(name, batch, k, head, sgd=True, **kw)[1][0] for k in (1, 2, 4)}
+    assert set(runs[1]) == set(runs[2]) == set(runs[4])
+    for k in (2, 4):
+        for key, value in runs[1].items():
+            np.testing.assert_allclose(runs[k][key], value, rtol=2e-5, atol=1e-7,
+                                       err_msg=f"{key} with {k} micro-batches")
+    loss_key = {"aligner": "sft/loss", "rm": "rm/loss"}.get(name, f"{name}/loss")
+    np.testing.assert_allclose(runs[4][loss_key], runs[1]["train/loss"], rtol=2e-5)
+
+
 def test_dpo_starts_at_log2_and_cached_reference_is_identical():
     batch = pair_batch()
     _, live = _run("dpo", batch, beta=0.1)
@@ -109,8 +130,16 @@ def test_every_preference_loss_trains(name, kw):
 
 
 def test_reward_model_learns_the_preference():
-    _, hist = _run("rm", pair_batch(), head="scalar", n_steps=10)
-    assert hist[0]["rm/accuracy"] <= 1.0
+    batch = pair_batch()
+    _, hist = _run("rm", batch, head="scalar", n_steps=10)
+    # the first step's accuracy is that of the initial model, scored here directly
+    rm = models.build(CFG, head="scalar")
+    scores = [np.asarray(models.last_token_values(
+        rm(jnp.asarray(batch[f"{side}_input_ids"]), jnp.asarray(batch[f"{side}_attention_mask"])),
+        jnp.asarray(batch[f"{side}_attention_mask"]))) for side in ("chosen", "rejected")]
+    initial = float(np.mean(scores[0] > scores[1]))
+    assert initial < 1.0
+    np.testing.assert_allclose(hist[0]["rm/accuracy"], initial)
     assert hist[-1]["rm/accuracy"] == 1.0
     assert hist[-1]["train/loss"] < hist[0]["train/loss"]
 

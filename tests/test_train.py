@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import save_tiny_model
@@ -147,12 +148,87 @@ def test_cached_reference_equals_live_reference(tiny_model_dir, shared_data, tmp
 
 
 def test_bfloat16_compute_keeps_float32_master_weights(tiny_model_dir, tmp_path):
+    """The trained state's parameters (the checkpoint of the last step) stay float32 and move."""
+    from flax import nnx
+
+    from alignjax import checkpoint, models
+
     config = small(_load(os.path.join(REPO, "configs", "quickstart.py")), tiny_model_dir)
     config.model.dtype = "bfloat16"
     config.export = False
     last = train.run(config, str(tmp_path))
     assert np.isfinite(last["train/loss"]) and last["train/update_norm"] > 0
-    from alignjax import models
+    initial, _ = models.load_pretrained(tiny_model_dir, dtype="bfloat16")
+    _, initial_params = nnx.split(initial)
+    trained = checkpoint.restore_params(str(tmp_path / "checkpoints"), initial_params)
+    leaves = jax.tree.leaves(trained)
+    assert leaves and all(x.dtype == np.float32 for x in leaves)
+    moved = [float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+             for a, b in zip(leaves, jax.tree.leaves(initial_params), strict=True)]
+    assert max(moved) > 0  # trained, not the initial weights read back
 
-    restored, _ = models.load_pretrained(tiny_model_dir, dtype="bfloat16")
-    assert restored.lm_head.kernel[...].dtype == np.float32  # params stay float32
+
+def test_cached_reference_survives_dropped_examples(tiny_model_dir, shared_data, tmp_path):
+    """Example ids are numbered before truncation drops examples; the cache is indexed by id."""
+    results = {}
+    for cached in (True, False):
+        config = small(_load(os.path.join(REPO, "configs", "dpo.py")), tiny_model_dir, steps=2)
+        config.data.truncation = "drop"
+        config.data.max_length, config.data.buckets = 128, (128,)
+        config.data.train_size = 24
+        config.ref_cache = cached
+        config.export = False
+        train.run(config, str(tmp_path / str(cached)))
+        counts = json.loads((tmp_path / str(cached) / "data_counts.json").read_text())
+        assert counts["train"]["dropped_too_long"] > 0 and counts["eval"]["dropped_too_long"] > 0
+        results[cached] = read_metrics(str(tmp_path / str(cached)))
+    for a, b in zip(results[True], results[False], strict=True):
+        for k in a:
+            if k != "train/tokens_per_s":
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_final_step_is_saved_and_a_finished_run_is_not_retrained(tiny_model_dir, shared_data,
+                                                                   tmp_path, capsys):
+    config = small(_load(os.path.join(REPO, "configs", "sft.py")), tiny_model_dir, steps=3)
+    config.checkpoint_every = 2  # 3 is not a multiple
+    config.export = False
+    first = train.run(config, str(tmp_path))
+    capsys.readouterr()
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [2, 3]
+    rows = read_metrics(str(tmp_path))
+    again = train.run(config, str(tmp_path))
+    out = capsys.readouterr()
+    assert "nothing to do" in out.out + out.err
+    assert read_metrics(str(tmp_path)) == rows  # no step trained or logged twice
+    assert again == first
+
+
+def test_evaluation_runs_when_eval_every_is_not_a_multiple_of_log_every(
+        tiny_model_dir, shared_data, tmp_path):
+    config = small(_load(os.path.join(REPO, "configs", "sft.py")), tiny_model_dir, steps=6)
+    config.log_every, config.eval_every = 2, 3
+    config.eval_at_start = False
+    config.export = False
+    train.run(config, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows if "eval/sft/nll" in r] == [3, 6]
+    assert [r["step"] for r in rows if "train/loss" in r] == [2, 4, 6]
+    assert sorted(int(d) for d in os.listdir(tmp_path / "best") if d.isdigit())
+
+
+@pytest.mark.parametrize("name", ["sft", "dpo"])
+def test_held_out_metrics_are_exact_over_a_short_last_batch(name, tiny_model_dir, shared_data,
+                                                            tmp_path):
+    """6 held-out examples in batches of 4 (4 + 2) score exactly as one batch of 6."""
+    results = {}
+    for eval_batch in (4, 6):
+        config = small(_load(os.path.join(REPO, "configs", f"{name}.py")), tiny_model_dir,
+                       steps=1)
+        config.data.eval_size, config.eval_batch_size = 6, eval_batch
+        config.export = False
+        results[eval_batch] = train.run(config, str(tmp_path / str(eval_batch)))
+    evals = [k for k in results[6] if k.startswith("eval/")]
+    assert evals
+    for k in evals:
+        np.testing.assert_allclose(results[4][k], results[6][k], rtol=1e-5, atol=1e-6, err_msg=k)

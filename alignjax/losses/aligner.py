@@ -6,7 +6,7 @@ import chex
 import jax.numpy as jnp
 
 from alignjax.logprobs import Array, as_float, masked_count, masked_sum
-from alignjax.losses.common import Metrics, masked_mean_metric, normalize
+from alignjax.losses.common import Metrics, masked_mean_metric, normalize, sum_metric
 
 
 def aligner_mask(attention_mask_BL: Array, correction_start_B: Array) -> Array:
@@ -61,5 +61,7 @@ def aligner_loss(
     chex.assert_equal_shape([token_logps_BL, attention_mask_BL])
     mask_BL = aligner_mask(attention_mask_BL, correction_start_B)
     nll_BL = -token_logps_BL
-    loss = normalize(masked_sum(nll_BL, mask_BL), masked_count(mask_BL), normalizer)
-    return loss, {"aligner/loss": loss, **masked_mean_metric("aligner/nll", nll_BL, mask_BL)}
+    total, count = masked_sum(nll_BL, mask_BL), masked_count(mask_BL)
+    loss = normalize(total, count, normalizer)
+    return loss, {**sum_metric("aligner/loss", total, count),
+                  **masked_mean_metric("aligner/nll", nll_BL, mask_BL)}

@@ -34,6 +34,17 @@ def masked_mean_metric(name: str, x: Array, mask: Array) -> Metrics:
     return {name: total / jnp.maximum(count, 1.0), f"{name}/sum": total, f"{name}/count": count}
 
 
+def sum_metric(name: str, total: Array, count: Array) -> Metrics:
+    """`{name: total / count, name/sum: total, name/count: count}`: a mean that merges exactly.
+
+    Losses divided by a normaliser of the whole accumulated batch report themselves this way,
+    so the metric of a micro-batched step is the whole batch's mean, not a mean of shares.
+    """
+    total = jnp.asarray(total)
+    count = jnp.asarray(count, total.dtype)
+    return {name: total / jnp.maximum(count, 1.0), f"{name}/sum": total, f"{name}/count": count}
+
+
 def normalize(total: Array, count: Array, normalizer: float | Array | None) -> Array:
     """total / normalizer if given, else total / max(count, 1) (0 for an empty batch)."""
     if normalizer is None:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from alignjax.logprobs import Array, as_float, masked_count, masked_sum
-from alignjax.losses.common import Metrics, masked_mean_metric, normalize
+from alignjax.losses.common import Metrics, masked_mean_metric, normalize, sum_metric
 
 
 def _reduce_tokens(
@@ -187,9 +187,10 @@ def reinforce_loss(
         advantages_B = returns_B - jax.lax.stop_gradient(as_float(baseline_B))
     sequence_logps_B = masked_sum(logps_BL, mask_BL, axis=-1)
     count = jnp.asarray(logps_BL.shape[0], sequence_logps_B.dtype)
-    loss = normalize(-jnp.sum(advantages_B * sequence_logps_B), count, normalizer)
+    total = -jnp.sum(advantages_B * sequence_logps_B)
+    loss = normalize(total, count, normalizer)
     return loss, {
-        "reinforce/loss": loss,
+        **sum_metric("reinforce/loss", total, count),
         "reinforce/advantage": jnp.mean(advantages_B),
         "reinforce/return": jnp.mean(returns_B),
     }

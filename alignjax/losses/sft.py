@@ -6,7 +6,7 @@ import chex
 import jax.numpy as jnp
 
 from alignjax.logprobs import Array, masked_count, masked_sum, target_mask
-from alignjax.losses.common import Metrics, masked_mean_metric, normalize
+from alignjax.losses.common import Metrics, masked_mean_metric, normalize, sum_metric
 
 
 def sft_loss(
@@ -38,7 +38,8 @@ def sft_loss(
         batch's count.
 
     Returns:
-      (loss, metrics) with `sft/loss` and the exact token mean `sft/nll` (+ `/sum`, `/count`).
+      (loss, metrics) with `sft/loss` (this batch's loss as if unnormalised by `normalizer`,
+      with `/sum` and `/count`) and the exact token mean `sft/nll` (+ `/sum`, `/count`).
     """
     chex.assert_rank(token_logps_BL, 2)
     chex.assert_equal_shape([token_logps_BL, loss_mask_BL])
@@ -50,5 +51,6 @@ def sft_loss(
     else:
         count = masked_count(mask_BL)
     loss = normalize(total, count, normalizer)
-    metrics = {"sft/loss": loss, **masked_mean_metric("sft/nll", nll_BL, mask_BL)}
+    metrics = {**sum_metric("sft/loss", total, count),
+               **masked_mean_metric("sft/nll", nll_BL, mask_BL)}
     return loss, metrics
