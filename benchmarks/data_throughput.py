@@ -31,7 +31,7 @@ import numpy as np
 
 from alignjax import data
 from alignjax.assets import smollm2_gguf_path
-from alignjax.tokenizer import load_tokenizer
+from alignjax.models import load_tokenizer
 
 HH_FILES = [
     f"hh-rlhf/{s}/test.jsonl.gz"

@@ -150,7 +150,8 @@ def main():
     print(f"\nbatch {args.batch} x {args.length} tokens, float32, "
           f"{os.cpu_count()} CPU cores; matmul ceiling "
           f"{rows[0]['ceiling_tflops_per_s'] * 1e3:.0f} GFLOP/s\n")
-    print("| case | s/step | tokens/s | model GFLOP/s | MFU | x SFT step | peak RSS GB | compile s |")
+    print("| case | s/step | tokens/s | model GFLOP/s | MFU | x SFT step | peak RSS GB "
+          "| compile s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['step_s'] / sft['step_s']:.2f}" if sft else "-"

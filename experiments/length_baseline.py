@@ -1,4 +1,4 @@
-"""Accuracy of "the longer response is the chosen one" on a run's pairs: the baseline an RM must beat.
+"""Accuracy of "the longer response is chosen" on a run's pairs: the baseline an RM must beat.
 
     python experiments/length_baseline.py runs/rm
 
@@ -18,8 +18,7 @@ import ml_collections
 import numpy as np
 
 from alignjax import data as data_lib
-from alignjax import train
-from alignjax.tokenizer import load_tokenizer
+from alignjax import models, train
 
 
 def length_accuracy(data: data_lib.TokenizedData) -> np.ndarray:
@@ -35,12 +34,12 @@ def main():
     args = p.parse_args()
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    train_ex, eval_ex, _ = train.split_examples(config, args.workdir)
-    tokenizer = load_tokenizer(train.model_path(config))
+    train_ex, eval_ex, _ = data_lib.split_examples(config, args.workdir)
+    tokenizer = models.load_tokenizer(models.resolve_path(config.model.path))
     print("| split | pairs | lengths | longer-is-chosen accuracy (95% CI) |\n|---|---|---|---|")
     for name, examples in (("train", train_ex), ("held-out", eval_ex)):
         for label, kwargs in (
-            (f"as trained ({config.data.max_length} tokens)", train.tokenize_kwargs(config)),
+            (f"as trained ({config.data.max_length} tokens)", data_lib.tokenize_kwargs(config)),
             ("whole", {"max_length": 1 << 20}),
         ):
             acc = length_accuracy(data_lib.tokenize(examples, tokenizer, **kwargs))

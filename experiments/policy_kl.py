@@ -22,9 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from alignjax import data as data_lib
-from alignjax import models, train
+from alignjax import models
 from alignjax.logprobs import target_mask, token_logprobs
-from alignjax.tokenizer import load_tokenizer
 
 
 @jax.jit
@@ -44,10 +43,12 @@ def main():
     args = p.parse_args()
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    _, eval_ex, _ = train.split_examples(config, args.workdir)
-    tokenizer = load_tokenizer(train.model_path(config))
-    data = data_lib.tokenize(eval_ex[: args.examples], tokenizer, **train.tokenize_kwargs(config))
-    reference, _ = models.load_pretrained(train.model_path(config))
+    _, eval_ex, _ = data_lib.split_examples(config, args.workdir)
+    path = models.resolve_path(config.model.path)
+    tokenizer = models.load_tokenizer(path)
+    data = data_lib.tokenize(eval_ex[: args.examples], tokenizer,
+                             **data_lib.tokenize_kwargs(config))
+    reference, _ = models.load_pretrained(path)
     policy, _ = models.load_pretrained(os.path.join(args.workdir, "export"))
     kl_tok, kl_seq, ratio_c, ratio_r, n_tok = 0.0, [], [], [], 0
     it = data_lib.batch_iterator(data, batch_size=args.batch, shuffle=False, num_epochs=1,

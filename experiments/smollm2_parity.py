@@ -25,7 +25,6 @@ import transformers
 
 from alignjax import models
 from alignjax.assets import smollm2_gguf_path
-from alignjax.tokenizer import load_tokenizer
 
 PROMPTS = [
     "What is the capital of France?",
@@ -67,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     path = smollm2_gguf_path()
-    tok = load_tokenizer(path)
+    tok = models.load_tokenizer(path)
     model, cfg = models.load_gguf(path)
     reference = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(path), gguf_file=os.path.basename(path)).eval()

@@ -11,7 +11,7 @@ import pytest
 def smollm2_tokenizer():
     """The SmolLM2-135M-Instruct tokenizer (ChatML chat template), loaded once (~6 s)."""
     from alignjax.assets import smollm2_gguf_path
-    from alignjax.tokenizer import load_tokenizer
+    from alignjax.models import load_tokenizer
 
     try:
         path = smollm2_gguf_path()

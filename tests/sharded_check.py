@@ -17,7 +17,6 @@ import numpy as np
 from flax import nnx
 
 from alignjax import models, objectives, sharding, steps, train
-from alignjax.models import checkpoint as ckpt
 
 
 def describe(tree):
@@ -39,7 +38,7 @@ def main(model_dir: str, out: str):
     _, abstract = nnx.split(nnx.eval_shape(lambda: models.build(cfg)))
     with nnx.logical_axis_rules(sharding.DEFAULT_RULES):
         shardings = sharding.param_shardings(abstract, mesh)
-    model, _ = ckpt.load_pretrained(model_dir, shardings=shardings)
+    model, _ = models.load_pretrained(model_dir, shardings=shardings)
     graphdef, params = nnx.split(model)
     tx = steps.optimizer(learning_rate=1e-3, warmup_steps=0, total_steps=4)
     def init(p):

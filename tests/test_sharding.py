@@ -20,8 +20,8 @@ def sharded(tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
            "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_check.py"),
-                           tiny_model_dir, str(out)], env=env, check=False, capture_output=True, text=True,
-                          cwd=os.path.dirname(HERE))
+                           tiny_model_dir, str(out)], env=env, check=False, capture_output=True,
+                          text=True, cwd=os.path.dirname(HERE))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 

@@ -1,7 +1,25 @@
-"""The data pipeline: read, parse, tokenize through the chat template, truncate, pack, batch.
+"""The data pipeline: read, parse, split, tokenize through the chat template, pack, batch.
+
+The modules in the order the data flows through them (each imports only those above it):
+
+    records.py       example types (SFTExample, PairExample, ...), counter names, as_sft, unpair
+    readers.py       files -> raw rows: JSON / JSONL(.gz) / Parquet, hf: datasets
+    hh_rlhf.py       HH-RLHF transcripts -> chat messages
+    formats.py       raw rows -> examples, one parser per record format (FORMATS)
+    tfds_builder.py  prepares local files as a TFDS dataset, and reads it back (optional)
+    load.py          load_examples: source names -> examples + counts (readers, then formats)
+    embedded.py      data shipped inside the package (the quickstart pairs)
+    splits.py        split_examples: the train / held-out examples that `config.data` selects
+    chat.py          chat-template rendering with the spans of trained tokens
+    truncation.py    what to keep of an over-long example
+    tokenization.py  examples -> token ids + trained-token masks (TokenizedData)
+    packing.py       several short examples per row, for SFT and corrections
+    collate.py       rows -> padded batch arrays, per example kind (COLLATORS)
+    pipeline.py      the grain pipeline: shuffle, bucket, batch, shard, checkpointable
 
     rows = readers.read_rows(path)                 # JSON / JSONL(.gz) / Parquet, hf:, tfds:
     examples, counts = load_examples(path, "hh_rlhf")      # formats.FORMATS; quality counts
+    train_ex, eval_ex, counts = split_examples(config, workdir)   # as config.data says
     data = tokenize(examples, tok, max_length=512)         # ids + trained-token masks
     data = pack(data, 512)                                 # optional, SFT / corrections
     it = batch_iterator(data, batch_size=32, seed=0, num_epochs=None, bucket_lengths=(256, 512))
@@ -39,11 +57,12 @@ The real data lives outside the repository: `readers.shared_data_dir()` reads
 
 from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer
 from alignjax.data.collate import COLLATORS, bucket_length
+from alignjax.data.embedded import write_quickstart
 from alignjax.data.formats import FORMATS, parse_rows
 from alignjax.data.load import load_examples
 from alignjax.data.packing import pack
 from alignjax.data.pipeline import batch_dataset, batch_iterator, steps_per_epoch
-from alignjax.data.readers import read_hf_rows, read_rows, read_tfds_rows, shared_data_dir
+from alignjax.data.readers import read_hf_rows, read_rows, shared_data_dir
 from alignjax.data.records import (
     CorrectionExample,
     MalformedRowError,
@@ -51,9 +70,11 @@ from alignjax.data.records import (
     PromptExample,
     SFTExample,
     UnpairedExample,
+    as_sft,
     prompts_of,
     unpair,
 )
+from alignjax.data.splits import resolve_sources, split_examples, tokenize_kwargs
 from alignjax.data.tokenization import TokenizedData, tokenize
 
 __all__ = [
@@ -68,6 +89,7 @@ __all__ = [
     "SFTExample",
     "TokenizedData",
     "UnpairedExample",
+    "as_sft",
     "batch_dataset",
     "batch_iterator",
     "bucket_length",
@@ -78,8 +100,21 @@ __all__ = [
     "read_hf_rows",
     "read_rows",
     "read_tfds_rows",
+    "resolve_sources",
     "shared_data_dir",
+    "split_examples",
     "steps_per_epoch",
     "tokenize",
+    "tokenize_kwargs",
     "unpair",
+    "write_quickstart",
 ]
+
+
+def __getattr__(name: str):
+    # read_tfds_rows needs the optional tensorflow-datasets: imported when first asked for
+    if name == "read_tfds_rows":
+        from alignjax.data.tfds_builder import read_tfds_rows
+
+        return read_tfds_rows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,7 @@
-"""One call from a source name to parsed examples and their counts."""
+"""One call from source names to parsed examples and their counts: readers, then formats.
+
+"tfds:" sources import `tfds_builder` (and tensorflow-datasets) only when they are read.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ def _rows(
             return readers.read_hf_rows(name, split=split, **kwargs)
         if data_dir is None:
             raise ValueError(f"{source}: a tfds source needs data_dir=")
-        return readers.read_tfds_rows(name, split=split, data_dir=data_dir)
+        from alignjax.data.tfds_builder import read_tfds_rows  # optional tensorflow-datasets
+
+        return read_tfds_rows(name, split=split, data_dir=data_dir)
     if kwargs:
         raise ValueError(f"{source}: {sorted(kwargs)} only apply to hf: sources")
     return readers.read_rows(source)

@@ -1,8 +1,9 @@
-"""Raw rows from local files, Hugging Face datasets and prepared TFDS datasets.
+"""Raw rows from local files and Hugging Face datasets (prepared TFDS datasets: `tfds_builder`).
 
 Every reader yields `(location, row)`: `row` is the decoded record (normally a dict) and
 `location` names where it came from, for error messages: `path:line` for JSON Lines and JSON
-arrays (the line on which the record starts), `path row i` for Parquet, `hf:name[split] row i`.
+arrays (the line on which the record starts), `path row i` for Parquet, `hf:name[split] row i`,
+`tfds:name[split] row i`.
 
 Supported local files: `.jsonl` / `.json` (an array, or one object per line), optionally
 gzip-compressed (`.gz`), and `.parquet` (needs `pyarrow`).
@@ -121,26 +122,3 @@ def read_hf_rows(
     ds = datasets.load_dataset(name, config, split=split, **kwargs)
     for i, row in enumerate(ds):
         yield f"hf:{name}[{split}] row {i}", row
-
-
-def read_tfds_rows(name: str, *, split: str, data_dir: str) -> Iterator[Row]:
-    """Rows of a prepared TFDS dataset in ArrayRecord format (no TensorFlow needed to read).
-
-    Text features come back as bytes and are decoded to str.
-
-    Args:
-      name: the registered builder name with config, e.g. "alignjax_preferences/hh_rlhf".
-      split: the split name.
-      data_dir: where the dataset was prepared.
-
-    Yields:
-      (location, row) pairs, location `tfds:name[split] row i`.
-    """
-    import tensorflow_datasets as tfds  # optional dependency
-
-    from alignjax.data import tfds_builder  # noqa: F401  (registers the builders)
-
-    source = tfds.builder(name, data_dir=data_dir).as_data_source(split=split)
-    for i in range(len(source)):
-        row = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in source[i].items()}
-        yield f"tfds:{name}[{split}] row {i}", row

@@ -133,6 +133,13 @@ def unpair(pairs: Iterable[PairExample]) -> list[UnpairedExample]:
     return out
 
 
+def as_sft(examples: Iterable[Example]) -> list[Example]:
+    """SFT on the chosen responses of preference pairs; other examples are kept as they are."""
+    return [SFTExample(messages=(*e.prompt, {"role": "assistant", "content": e.chosen}),
+                       origin=e.origin)
+            if isinstance(e, PairExample) else e for e in examples]
+
+
 def prompts_of(examples: Iterable[Example]) -> list[PromptExample]:
     """The prompts of any examples (e.g. HH-RLHF pairs as PPO prompts)."""
     out = []

@@ -10,8 +10,10 @@ copies from `manual_dir` (laid out like `shared/data/`) without touching the net
                               (PKU Aligner or AlpacaEval form), named after the file
 
 Preparing needs TensorFlow (`pip install tensorflow-cpu`); reading the prepared ArrayRecord
-files does not (`alignjax.data.readers.read_tfds_rows`, then the usual formats: "hh_rlhf" or
-"aligner"), so identical pairs are dropped and counted on reading, as for the local files.
+files does not (`read_tfds_rows`, then the usual formats: "hh_rlhf" or "aligner"), so identical
+pairs are dropped and counted on reading, as for the local files. Importing this module
+registers the builder, so reading lives here too: `load_examples` imports it only for "tfds:"
+sources (tensorflow-datasets stays optional).
 
     builder = prepare("hh_rlhf", manual_dir=shared_data_dir(), data_dir="/tmp/tfds")
     examples, counts = load_examples("tfds:alignjax_local/hh_rlhf", "hh_rlhf",
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 import tensorflow_datasets as tfds
 
 from alignjax.data.formats import parse_rows
-from alignjax.data.readers import read_rows
+from alignjax.data.readers import Row, read_rows
 
 _FIELDS = {"hh_rlhf": ("chosen", "rejected"), "corrections": ("question", "answer", "correction")}
 
@@ -119,3 +121,22 @@ def prepare(config: str, *, manual_dir: str, data_dir: str) -> tfds.core.Dataset
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
     return builder
+
+
+def read_tfds_rows(name: str, *, split: str, data_dir: str) -> Iterator[Row]:
+    """Rows of a prepared TFDS dataset in ArrayRecord format (no TensorFlow needed to read).
+
+    Text features come back as bytes and are decoded to str.
+
+    Args:
+      name: the registered builder name with config, e.g. "alignjax_local/hh_rlhf".
+      split: the split name.
+      data_dir: where the dataset was prepared.
+
+    Yields:
+      (location, row) pairs, location `tfds:name[split] row i`.
+    """
+    source = tfds.builder(name, data_dir=data_dir).as_data_source(split=split)
+    for i in range(len(source)):
+        row = {k: v.decode("utf-8") if isinstance(v, bytes) else v for k, v in source[i].items()}
+        yield f"tfds:{name}[{split}] row {i}", row
