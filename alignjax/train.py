@@ -28,92 +28,12 @@ from alignjax import checkpoint, models, objectives, sharding, steps
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
 from alignjax import metrics as metrics_lib
-from alignjax.tokenizer import load_tokenizer
-
-
-def model_path(config) -> str:
-    path = config.model.path
-    if path == "smollm2-135m-instruct":
-        from alignjax.assets import smollm2_gguf_path
-
-        return smollm2_gguf_path()
-    return path
-
-
-def _load_model(config, mesh, head: str):
-    path = model_path(config)
-    overrides = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
-                 "remat": config.model.remat}
-    cfg = (models.gguf_config(path, **overrides) if path.endswith(".gguf")
-           else models.load_hf_config(path, **overrides))
-    _, abstract = nnx.split(nnx.eval_shape(lambda: models.build(cfg, head=head)))
-    with nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-        shardings = sharding.param_shardings(abstract, mesh)
-    model, cfg = models.load_pretrained(path, head=head, shardings=shardings, **overrides)
-    return model, cfg
-
-
-def _resolve(sources, key: str) -> list[str]:
-    """Local paths of `config.data.<key>`; "shared:<rel>" is relative to the shared data dir."""
-    sources = sources.split(",") if isinstance(sources, str) else list(sources)
-    out = []
-    for s in sources:
-        if s.startswith("shared:"):
-            s = os.path.join(data_lib.shared_data_dir(), s[len("shared:"):])
-        if ":" not in s.split(os.sep)[0] and not os.path.exists(s):
-            raise FileNotFoundError(f"config.data.{key}: no such file {s!r}")
-        out.append(s)
-    return out
-
-
-def as_sft(examples):
-    """SFT on the chosen responses of preference pairs; other examples are kept as they are."""
-    return [data_lib.SFTExample(messages=(*e.prompt, {"role": "assistant", "content": e.chosen}),
-                                origin=e.origin)
-            if isinstance(e, data_lib.PairExample) else e for e in examples]
-
-
-def split_examples(config, workdir):
-    """(train examples, held-out examples, parse counts) as `config.data` selects them."""
-    d = config.data
-    if d.train == "embedded:quickstart":
-        from alignjax.quickstart_data import write_quickstart
-
-        train_sources = [write_quickstart(os.path.join(workdir, "quickstart.jsonl"))]
-    else:
-        train_sources = _resolve(d.train, "train")
-    examples, counts = data_lib.load_examples(train_sources, d.format,
-                                              on_malformed=d.on_malformed)
-    if d.eval:
-        eval_examples, _ = data_lib.load_examples(_resolve(d.eval, "eval"), d.format,
-                                                  on_malformed=d.on_malformed)
-    else:  # hold out `eval_size` examples: the last ones, or a random subset
-        n = d.eval_size
-        if n >= len(examples):
-            raise ValueError(f"config.data.eval_size={n} leaves no training examples "
-                             f"({len(examples)} in {train_sources})")
-        if d.holdout == "random":
-            order = np.random.default_rng(d.holdout_seed).permutation(len(examples))
-            examples = [examples[i] for i in order]
-        elif d.holdout != "last":
-            raise ValueError(f"config.data.holdout={d.holdout!r}: expected 'last' or 'random'")
-        examples, eval_examples = examples[:len(examples) - n], examples[len(examples) - n:]
-    if d.train_size:
-        examples = examples[:d.train_size]
-    return examples, eval_examples, counts
-
-
-def tokenize_kwargs(config) -> dict[str, Any]:
-    """The truncation arguments of `data.tokenize` that `config.data` sets."""
-    d = config.data
-    return {"max_length": d.max_length, "truncation": d.truncation,
-            "max_prompt_length": d.max_prompt_length or None}
 
 
 def _as_inputs(objective: steps.Objective, examples):
     """The examples in the layout the objective trains on (`Objective.inputs`)."""
     if objective.inputs == "sft":
-        return as_sft(examples)
+        return data_lib.as_sft(examples)
     if objective.inputs == "unpaired":
         return data_lib.as_unpaired(examples)
     return examples
@@ -198,15 +118,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(**config.mesh)
-    tokenizer = load_tokenizer(model_path(config))
     # data file errors surface before the model loads
-    train_ex, eval_ex, counts = split_examples(config, workdir)
+    train_ex, eval_ex, counts = data_lib.split_examples(config, workdir)
     train_ex, eval_ex = _as_inputs(objective, train_ex), _as_inputs(objective, eval_ex)
-    model, cfg = _load_model(config, mesh, objective.head)
-    if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"config.model.path: the tokenizer has {len(tokenizer)} tokens but the "
-                         f"model's vocabulary has {cfg.vocab_size}: they do not belong together")
-    tok_kw = tokenize_kwargs(config)
+    model, _, tokenizer = models.load(config.model, mesh, head=objective.head)
+    tok_kw = data_lib.tokenize_kwargs(config)
     train_data = data_lib.tokenize(train_ex, tokenizer, counts=counts, **tok_kw)
     eval_data = data_lib.tokenize(eval_ex, tokenizer, **tok_kw) if eval_ex else None
     all_counts = {"train": dict(train_data.counts),

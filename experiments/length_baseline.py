@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from alignjax import data as data_lib
-from alignjax import models, train
+from alignjax import evaluate, models
 
 
 def length_accuracy(data: data_lib.TokenizedData) -> np.ndarray:
@@ -43,7 +43,7 @@ def main():
             ("whole", {"max_length": 1 << 20}),
         ):
             acc = length_accuracy(data_lib.tokenize(examples, tokenizer, **kwargs))
-            lo, hi = train.wilson_interval(acc.sum(), len(acc))
+            lo, hi = evaluate.wilson_interval(acc.sum(), len(acc))
             print(f"| {name} | {len(acc):,} | {label} | "
                   f"{acc.mean():.1%} ({lo:.1%}-{hi:.1%}) |")
 

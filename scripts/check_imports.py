@@ -24,8 +24,8 @@ PACKAGE = "alignjax"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("alignjax", "alignjax.assets", "alignjax.logprobs", "alignjax.losses")),
     ("sharding", ("alignjax.sharding",)),
-    ("models", ("alignjax.models", "alignjax.tokenizer")),
-    ("data", ("alignjax.data", "alignjax.quickstart_data")),
+    ("models", ("alignjax.models",)),
+    ("data", ("alignjax.data",)),
     ("steps", ("alignjax.steps",)),
     ("objectives", ("alignjax.objectives",)),
     ("services", ("alignjax.metrics", "alignjax.checkpoint", "alignjax.evaluate",
@@ -41,7 +41,7 @@ ORDER_WITHIN: dict[str, tuple[str, ...]] = {
                         "generate"),
     "alignjax.data": ("records", "readers", "hh_rlhf", "formats", "tfds_builder", "load",
                       "embedded", "splits", "chat", "truncation", "tokenization", "packing",
-                      "collate", "pipeline"),
+                      "collate", "pipeline", "sentiment"),
 }
 
 

@@ -113,7 +113,7 @@ def tokenize(
 
     Args:
       examples: parsed examples (`alignjax.data.formats.parse_rows`), all of one kind.
-      tokenizer: e.g. from `alignjax.tokenizer.load_tokenizer`.
+      tokenizer: e.g. from `alignjax.models.load_tokenizer`.
       max_length: M, the most tokens of a sequence (prompt + response; for prompts, the prompt).
       truncation: "keep_end", "cut_response" or "drop" (see `alignjax.data.truncation`).
       max_prompt_length: the prompt tokens "keep_end" keeps at least; default M // 2.

@@ -2,7 +2,7 @@
 
 Attribute names mirror the Hugging Face modules (`embed_tokens`, `layers[i].self_attn.q_proj`,
 `mlp.gate_proj`, ...) so that checkpoint conversion is a mechanical renaming; see
-`alignjax.models.checkpoint`.
+`alignjax.models.weights`.
 
 Padding and packing are handled the same way: every token carries a segment id (0 = padding).
 A query attends causally to keys of its own non-zero segment, and positions restart at 0 at the

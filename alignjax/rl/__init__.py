@@ -1,0 +1,1 @@
+"""Online RL pieces: rewards (Python functions of text and reward models)."""
