@@ -11,6 +11,7 @@ device. Then it runs the quickstart config on the 2x2x2 mesh (its metrics land i
 OUT/specs.json.
 """
 
+import functools
 import json
 import os
 import re
@@ -68,6 +69,10 @@ def setup(model_dir, abstract, mesh, batch):
     return state, step, {k: jax.device_put(v, bsh) for k, v in batch.items()}, graphdef
 
 
+def apply(graphdef, params, input_ids_BL):
+    return nnx.merge(graphdef, params)(input_ids_BL)
+
+
 def scalars(metrics):
     return {k: float(metrics[k]) for k in ("train/loss", "train/grad_norm")}
 
@@ -101,7 +106,7 @@ def main(model_dir: str, out: str):
         state, step, dbatch, graphdef = setup(model_dir, abstract, mesh, batch)
         lowered = step.lower(state, dbatch, None)
         # the step reads log-probs from hidden states; the logits are a forward's output
-        forward = sharding.under(mesh, jax.jit(lambda p, x: nnx.merge(graphdef, p)(x)))
+        forward = sharding.under(mesh, jax.jit(functools.partial(apply, graphdef)))
         result["constraints"][name] = {
             "step": constraints(lowered.as_text(dialect="hlo")),
             "forward": constraints(forward.lower(state.params, dbatch["input_ids"])
