@@ -1,7 +1,8 @@
 """The one generic train step: value_and_grad of an objective, an optax update, norms.
 
 Every algorithm (SFT, reward model, the DPO family, Aligner) is an `Objective` plugged into the
-same pure function; `make_train_step` jits it once with explicit shardings and donated state.
+same pure function; `make_train_step` jits it once with explicit shardings and donated state, and
+traces it under the mesh and the logical axis rules.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from alignjax import sharding
 from alignjax.losses import merge_metrics
 
 Batch = dict[str, jax.Array]
@@ -127,13 +129,34 @@ def eval_metrics(params: nnx.State, batch: Batch, frozen: Any, *, graphdef: nnx.
     return objective.loss(model, batch, frozen, jax.random.key(0), objective.count(batch))[1]
 
 
-def make_train_step(graphdef, objective, tx, *, state_sharding, batch_sharding, frozen_sharding,
-                    micro_batches: int = 1):
-    """`train_step` jitted once, with explicit in/out shardings and the state donated."""
+def make_train_step(graphdef: nnx.GraphDef, objective: Objective,
+                    tx: optax.GradientTransformation, *, state_sharding: Any, batch_sharding: Any,
+                    frozen_sharding: Any, micro_batches: int = 1,
+                    mesh: jax.sharding.Mesh | None = None,
+                    rules: sharding.Rules = sharding.DEFAULT_RULES) -> Callable[..., Any]:
+    """`train_step` jitted once, with explicit in/out shardings and the state donated.
+
+    The returned `step(state, batch, frozen) -> (state, metrics)` traces and runs under
+    `sharding.use(mesh, rules)`, so the model's activation constraints take effect; so does its
+    `step.lower(state, batch, frozen)`.
+
+    Args:
+      graphdef: the model structure.
+      objective: what to minimise.
+      tx: the optax transformation.
+      state_sharding: shardings of the `TrainState` (`sharding.state_shardings`).
+      batch_sharding: shardings of the batch arrays (one for all, or a dict).
+      frozen_sharding: shardings of `frozen` (None when there is nothing frozen).
+      micro_batches: gradient accumulation steps inside the step.
+      mesh: the mesh to trace under; by default the mesh of `state_sharding`.
+      rules: the logical axis rules of the activations.
+    """
     step = functools.partial(train_step, graphdef=graphdef, objective=objective, tx=tx,
                              micro_batches=micro_batches)
-    return jax.jit(step, in_shardings=(state_sharding, batch_sharding, frozen_sharding),
-                   out_shardings=(state_sharding, None), donate_argnums=(0,))
+    jitted = jax.jit(step, in_shardings=(state_sharding, batch_sharding, frozen_sharding),
+                     out_shardings=(state_sharding, None), donate_argnums=(0,))
+    return sharding.under(mesh if mesh is not None else sharding.mesh_of(state_sharding), jitted,
+                          rules)
 
 
 def optimizer(*, learning_rate: float, warmup_steps: int, total_steps: int,

@@ -137,7 +137,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     frozen, train_cache, eval_cache = None, None, None
     if objective.reference is not None and config.ref_cache:
         # one pass now instead of a reference forward in every step
-        ref_fn = jax.jit(lambda p, b: objective.reference(nnx.merge(graphdef, p), b))
+        ref_fn = sharding.under(mesh, jax.jit(
+            lambda p, b: objective.reference(nnx.merge(graphdef, p), b)))
         train_cache = evaluate_lib.reference_cache(ref_fn, params, train_data, mesh, **passes)
         if eval_data is not None:
             eval_cache = evaluate_lib.reference_cache(ref_fn, params, eval_data, mesh, **passes)
@@ -154,7 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_step = steps.make_train_step(graphdef, objective, tx, state_sharding=state_sharding,
                                        batch_sharding=sharding.batch_sharding(mesh),
                                        frozen_sharding=frozen_sharding,
-                                       micro_batches=config.micro_batches)
+                                       micro_batches=config.micro_batches, mesh=mesh)
     batches = data_lib.batch_iterator(train_data, batch_size=config.batch_size, seed=config.seed,
                                       num_epochs=None, bucket_lengths=buckets or None)
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
@@ -170,8 +171,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     evaluate = None
     if eval_data is not None:
-        eval_fn = jax.jit(functools.partial(steps.eval_metrics, graphdef=graphdef,
-                                            objective=objective))
+        eval_fn = sharding.under(mesh, jax.jit(functools.partial(
+            steps.eval_metrics, graphdef=graphdef, objective=objective)))
         evaluate = lambda s: evaluate_lib.evaluate(  # noqa: E731
             lambda p, b: eval_fn(p, b, frozen), s.params, eval_data, mesh, cache=eval_cache,
             **passes)

@@ -19,7 +19,10 @@ from flax import nnx
 from alignjax.models.config import ModelConfig, rope_inv_freq
 from alignjax.sharding import constrain
 
-_ACT = ("batch", "length", "embed")
+# Logical names of activations (`alignjax.sharding`): block boundaries, queries, keys/values.
+_ACT = ("act_batch", "act_length", "act_embed")
+_ACT_HEADS = ("act_batch", "act_length", "act_heads", None)
+_ACT_KV_HEADS = ("act_batch", "act_length", "act_kv_heads", None)
 
 
 def _axes(init, axes):
@@ -104,6 +107,8 @@ class Attention(nnx.Module):
         v_BLGK = self.v_proj(x_BLD).reshape(b, length, self.num_kv_heads, self.head_dim)
         q_BLHK = apply_rope(q_BLHK, cos_BLK, sin_BLK)
         k_BLGK = apply_rope(k_BLGK, cos_BLK, sin_BLK)
+        q_BLHK = constrain(q_BLHK, _ACT_HEADS)
+        k_BLGK, v_BLGK = constrain(k_BLGK, _ACT_KV_HEADS), constrain(v_BLGK, _ACT_KV_HEADS)
         out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL)
         return self.o_proj(out_BLHK.reshape(b, length, self.num_heads * self.head_dim))
 
@@ -118,7 +123,9 @@ class MLP(nnx.Module):
         self.down_proj = _dense(cfg, f, d, ("mlp", "embed"), cfg.mlp_bias, rngs)
 
     def __call__(self, x_BLD):
-        return self.down_proj(nnx.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD))
+        h_BLF = constrain(nnx.silu(self.gate_proj(x_BLD)) * self.up_proj(x_BLD),
+                          ("act_batch", "act_length", "act_mlp"))
+        return self.down_proj(h_BLF)
 
 
 class DecoderLayer(nnx.Module):
@@ -198,7 +205,7 @@ class Transformer(nnx.Module):
         return self.lm_head.kernel[...].astype(dtype)
 
     def logits(self, h_BLD: jax.Array) -> jax.Array:
-        return constrain(h_BLD @ self.output_embedding(), ("batch", "length", "vocab"))
+        return constrain(h_BLD @ self.output_embedding(), ("act_batch", "act_length", "act_vocab"))
 
     def __call__(self, input_ids_BL, attention_mask_BL=None, *, positions_BL=None,
                  segment_ids_BL=None) -> jax.Array:
