@@ -40,8 +40,9 @@ def token_logprobs(logits_BLV: Array, input_ids_BL: Array, *, temperature: float
       temperature: the logits are divided by it (PPO-style sampling temperature), default 1.
 
     Returns:
-      logps_BL: `logps_BL[:, t] = log softmax(logits_BLV[:, t - 1] / temperature)[input_ids_BL[:, t]]`
-        for t >= 1 and 0.0 at t = 0.
+      logps_BL with, for t >= 1,
+      `logps_BL[:, t] = log_softmax(logits_BLV[:, t - 1] / temperature)[input_ids_BL[:, t]]`,
+        and 0.0 at t = 0.
     """
     chex.assert_rank(logits_BLV, 3)
     chex.assert_rank(input_ids_BL, 2)

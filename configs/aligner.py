@@ -1,4 +1,6 @@
-"""Aligner: SmolLM2-135M-Instruct learns to correct upstream answers (Aligner-2B corrections of GPT-4 Turbo on AlpacaEval).
+"""Aligner: SmolLM2-135M-Instruct learns to correct upstream answers.
+
+Data: Aligner-2B corrections of GPT-4 Turbo answers on AlpacaEval.
 
 Command:
   python -m alignjax.main --config configs/aligner.py --workdir runs/aligner
