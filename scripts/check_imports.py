@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services", ("alignjax.metrics", "alignjax.checkpoint", "alignjax.evaluate",
                   "alignjax.sampler", "alignjax.memory")),
     ("rl", ("alignjax.rl",)),
-    ("runners", ("alignjax.aligner", "alignjax.train")),
+    ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo")),
     ("entry", ("alignjax.main",)),
 ]
 

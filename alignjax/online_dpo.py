@@ -1,0 +1,268 @@
+"""Preference optimisation on pairs the policy samples and a true reward labels, then judged.
+
+One round of online DPO, as a job (`config.job = "online_dpo"`):
+
+  1. sample `samples_per_prompt` continuations of every training prompt from the model;
+  2. score them with the true reward (`config.reward`, e.g. VADER sentiment) and keep the best
+     and the worst of each prompt as a (chosen, rejected) pair -> workdir/pairs.jsonl;
+  3. train on the pairs with the offline runner (`alignjax.train.run`, any loss of the DPO
+     family) -> workdir/train/ (checkpoints every `checkpoint_every` steps);
+  4. for the reference and every checkpoint, sample the held-out prompts and measure the true
+     reward (mean, 95% interval), the KL to the reference (sequence log-ratio on the policy's
+     own samples, whose expectation is KL(policy || reference)) and the win rate against the
+     reference's samples -> workdir/eval.jsonl, a table, workdir/reward_kl.png.
+
+Every stage is resumable: a finished stage's file is reused, the runner resumes from its last
+checkpoint, and evaluated steps are not evaluated again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from alignjax import checkpoint, models, objectives, sampler, sharding, train
+from alignjax import data as data_lib
+from alignjax.data import sentiment
+from alignjax.evaluate import wilson_interval
+from alignjax.rl import rewards
+
+
+def prompts_of(config) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out prompts) as `config.prompts` selects them."""
+    if config.prompts != "embedded:movie_openings":
+        raise ValueError(f"config.prompts={config.prompts!r}: expected "
+                         "'embedded:movie_openings'")
+    order = np.random.default_rng(config.data.holdout_seed).permutation(
+        len(sentiment.OPENINGS))
+    openings = [sentiment.OPENINGS[i] for i in order]
+    n = config.eval_prompts
+    if not 0 < n < len(openings):
+        raise ValueError(f"config.eval_prompts={n}: expected 0 < n < {len(openings)}")
+    train_openings = openings[n:][:config.train_prompts or None]
+    return train_openings, openings[:n]
+
+
+class Generator:
+    """Samples text continuations of prompts in fixed-size compiled batches."""
+
+    def __init__(self, config, graphdef, cfg, tokenizer, mesh):
+        self.tokenizer = tokenizer
+        renderer = data_lib.ChatRenderer(tokenizer)
+        self.encode = lambda text: tokenizer(
+            renderer.prompt(sentiment.review_prompt(text)),
+            add_special_tokens=False).input_ids
+        stops = sorted({*sampler._as_list(cfg.eos_token_id),
+                        *sampler._as_list(tokenizer.eos_token_id)})
+        self.sampler = sampler.make_sampler(
+            graphdef, cfg, max_new_tokens=config.max_new_tokens,
+            prompt_buckets=tuple(config.prompt_buckets), stop_token_ids=stops,
+            pad_token_id=tokenizer.pad_token_id, mesh=mesh)
+        self.settings = sampler.SamplingParams(temperature=config.temperature,
+                                               top_k=config.top_k, top_p=config.top_p)
+        self.batch = config.sample_batch
+        graph = graphdef
+        self.ref_logps = sharding.under(mesh, jax.jit(
+            lambda p, b: objectives.token_logps(nnx.merge(graph, p), b)))
+
+    def __call__(self, params, openings: list[str], *, n: int, seed: int, ref_params=None,
+                 desc: str = "sample") -> list[dict]:
+        """One row per sample (prompt-major): text, finish reason, policy log-prob and, with
+        `ref_params`, the reference log-prob of the same tokens."""
+        rows = []
+        ids = [self.encode(o) for o in openings]
+        for start in tqdm(range(0, len(ids), self.batch), desc=desc, unit="batch", leave=False):
+            chunk = ids[start:start + self.batch]
+            real = len(chunk)
+            chunk = chunk + [chunk[-1]] * (self.batch - real)
+            out = self.sampler(params, chunk, jax.random.fold_in(jax.random.key(seed), start),
+                               self.settings, n=n)
+            ref = None
+            if ref_params is not None:
+                batch = out.batch()
+                ref_tok = self.ref_logps(ref_params, batch)
+                ref = np.asarray(jax.device_get((ref_tok * batch["loss_mask"]).sum(axis=1)))
+            host = jax.device_get(out)
+            reasons = out.finish_reasons()
+            for r in range(real * n):
+                length = int(host.mask_BT[r].sum())
+                toks = [int(t) for t in host.tokens_BT[r, :length]]
+                if toks and toks[-1] in self.sampler.stop_token_ids:
+                    toks = toks[:-1]
+                rows.append({
+                    "prompt": openings[start + r // n],
+                    "response": self.tokenizer.decode(toks, skip_special_tokens=True),
+                    "finish_reason": reasons[r], "tokens": length,
+                    "logp": float(host.model_logps_BT[r].sum()),
+                    **({"ref_logp": float(ref[r])} if ref is not None else {})})
+        return rows
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def make_pairs(rows: list[dict], scores: np.ndarray, n: int, min_gap: float) -> list[dict]:
+    """The best and the worst of each prompt's `n` consecutive samples, if they differ by more
+    than `min_gap` in reward."""
+    pairs = []
+    for i in range(0, len(rows), n):
+        group = scores[i:i + n]
+        best, worst = int(np.argmax(group)), int(np.argmin(group))
+        if group[best] - group[worst] > min_gap:
+            pairs.append({"prompt": sentiment.review_prompt(rows[i]["prompt"])[0][
+                "content"], "chosen": rows[i + best]["response"],
+                "rejected": rows[i + worst]["response"],
+                "chosen_reward": float(group[best]), "rejected_reward": float(group[worst])})
+    return pairs
+
+
+def mean_interval(x: np.ndarray) -> tuple[float, float, float]:
+    """Mean and its 95% normal interval."""
+    x = np.asarray(x, np.float64)
+    half = 1.959964 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("inf")
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
+def judge(rows: list[dict], reference_rows: list[dict], reward_fn) -> dict[str, float]:
+    """True reward, KL to the reference and win rate against the reference's samples."""
+    scores = reward_fn([r["prompt"] for r in rows], [r["response"] for r in rows])
+    ref_scores = reward_fn([r["prompt"] for r in reference_rows],
+                           [r["response"] for r in reference_rows])
+    mean, low, high = mean_interval(scores)
+    kl = np.array([r["logp"] - r["ref_logp"] for r in rows])
+    kl_mean, kl_low, kl_high = mean_interval(kl)
+    wins = float(np.sum(scores > ref_scores) + 0.5 * np.sum(scores == ref_scores))
+    win_low, win_high = wilson_interval(wins, len(scores))
+    return {"reward": mean, "reward_ci95_low": low, "reward_ci95_high": high,
+            "kl": kl_mean, "kl_ci95_low": kl_low, "kl_ci95_high": kl_high,
+            "win_rate": wins / len(scores), "win_rate_ci95_low": win_low,
+            "win_rate_ci95_high": win_high,
+            "eos_fraction": float(np.mean([r["finish_reason"] == "stop" for r in rows])),
+            "response_tokens": float(np.mean([r["tokens"] for r in rows]))}
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Held-out true reward and KL to the reference against training steps (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in results]
+    fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_r.plot(steps, [r["reward"] for r in results], "o-", color="tab:blue")
+    ax_r.fill_between(steps, [r["reward_ci95_low"] for r in results],
+                      [r["reward_ci95_high"] for r in results], alpha=0.25, color="tab:blue")
+    ax_r.set(xlabel="DPO step", ylabel="true reward (mean, 95% CI)",
+             title="Held-out true reward")
+    ax_k.plot(steps, [r["kl"] for r in results], "o-", color="tab:red")
+    ax_k.fill_between(steps, [r["kl_ci95_low"] for r in results],
+                      [r["kl_ci95_high"] for r in results], alpha=0.25, color="tab:red")
+    ax_k.set(xlabel="DPO step", ylabel="nats per response", title="KL(policy || reference)")
+    for ax in (ax_r, ax_k):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| step | true reward (95% CI) | KL to reference (nats) | win rate vs reference "
+             "| ends with EOS | tokens |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['step']} | {r['reward']:.3f} ({r['reward_ci95_low']:.3f} to "
+            f"{r['reward_ci95_high']:.3f}) | {r['kl']:.2f} ({r['kl_ci95_low']:.2f} to "
+            f"{r['kl_ci95_high']:.2f}) | {r['win_rate']:.1%} ({r['win_rate_ci95_low']:.1%} to "
+            f"{r['win_rate_ci95_high']:.1%}) | {r['eos_fraction']:.0%} | "
+            f"{r['response_tokens']:.1f} |")
+    return "\n".join(lines)
+
+
+def run(config, workdir: str) -> dict:
+    """Samples, labels, trains and judges as the module docstring says; returns the results."""
+    os.makedirs(workdir, exist_ok=True)
+    reward_fn = rewards.get(config.reward)
+    objectives.make(config.objective, config.loss.to_dict())  # bad loss keys fail now
+    train_openings, eval_openings = prompts_of(config)
+    mesh = sharding.make_mesh(**config.mesh)
+    model, cfg, tokenizer = models.load(config.model, mesh)
+    graphdef, ref_params = nnx.split(model)
+    del model
+    gen = Generator(config, graphdef, cfg, tokenizer, mesh)
+
+    pairs_path = os.path.join(workdir, "pairs.jsonl")
+    if not os.path.exists(pairs_path):
+        rows = gen(ref_params, train_openings, n=config.samples_per_prompt, seed=config.seed,
+                   desc="sampling pairs")
+        scores = reward_fn([r["prompt"] for r in rows], [r["response"] for r in rows])
+        pairs = make_pairs(rows, scores, config.samples_per_prompt, config.min_reward_gap)
+        _write_jsonl(pairs_path, pairs)
+    pairs = _read_jsonl(pairs_path)
+    tqdm.write(f"{len(pairs)} pairs from {len(train_openings)} prompts; mean reward chosen "
+               f"{np.mean([p['chosen_reward'] for p in pairs]):.3f}, rejected "
+               f"{np.mean([p['rejected_reward'] for p in pairs]):.3f}")
+
+    run_config = copy.deepcopy(config)
+    with run_config.unlocked():
+        run_config.data.train = pairs_path
+        run_config.data.format = "preference"
+    train_dir = os.path.join(workdir, "train")
+    train.run(run_config, train_dir)
+
+    eval_path = os.path.join(workdir, "eval.jsonl")
+    done = {r["step"]: r for r in (_read_jsonl(eval_path) if os.path.exists(eval_path) else [])}
+    ckpt_dir = os.path.join(train_dir, "checkpoints")
+    steps = [0, *sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())]
+    reference_rows = gen(ref_params, eval_openings, n=config.eval_samples,
+                         seed=config.seed + 1, ref_params=ref_params, desc="eval step 0")
+    samples = {0: reference_rows}
+    for step in steps:
+        if step in done and step not in (0, steps[-1]):
+            continue
+        params = ref_params if step == 0 else checkpoint.restore_params(ckpt_dir, ref_params,
+                                                                        step)
+        rows = reference_rows if step == 0 else gen(
+            params, eval_openings, n=config.eval_samples, seed=config.seed + 1,
+            ref_params=ref_params, desc=f"eval step {step}")
+        samples[step] = rows
+        if step not in done:
+            done[step] = {"step": step, **judge(rows, reference_rows, reward_fn)}
+            _write_jsonl(eval_path, [done[s] for s in sorted(done)])
+    results = [done[s] for s in sorted(done)]
+    final = steps[-1]
+    before, after = samples[0], samples[final]
+    b_scores = reward_fn([r["prompt"] for r in before], [r["response"] for r in before])
+    a_scores = reward_fn([r["prompt"] for r in after], [r["response"] for r in after])
+    _write_jsonl(os.path.join(workdir, "samples.jsonl"), [
+        {"prompt": b["prompt"], "reference": b["response"], "reference_reward": float(bs),
+         "trained": a["response"], "trained_reward": float(as_)}
+        for b, a, bs, as_ in zip(before, after, b_scores, a_scores, strict=True)])
+    plot(results, os.path.join(workdir, "reward_kl.png"))
+    summary = table(results)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(summary + "\n")
+    print("\nHeld-out prompts: " + str(len(eval_openings)) + f" x {config.eval_samples} "
+          "samples each, true reward = " + config.reward)
+    print(summary)
+    print("\nSamples (reference -> trained):")
+    for b, a, bs, as_ in list(zip(before, after, b_scores, a_scores, strict=True))[:4]:
+        print(f"  {b['prompt']!r}\n    before ({bs:+.2f}): {b['response'][:120]!r}\n"
+              f"    after  ({as_:+.2f}): {a['response'][:120]!r}")
+    print(f"\nplot: {os.path.join(workdir, 'reward_kl.png')}")
+    return {"first": results[0], "last": results[-1]}
