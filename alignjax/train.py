@@ -32,8 +32,6 @@ from alignjax.tokenizer import load_tokenizer
 
 # Batch fields that stay on the host (bookkeeping, not model inputs).
 _HOST_ONLY = ("example_id", "example_ids")
-# Objectives whose loss compares the policy with a reference model.
-_NEEDS_REFERENCE = ("dpo", "robust_dpo", "ipo", "hinge")
 
 
 def model_path(config) -> str:
@@ -45,9 +43,8 @@ def model_path(config) -> str:
     return path
 
 
-def _load_model(config, mesh):
+def _load_model(config, mesh, head: str):
     path = model_path(config)
-    head = "scalar" if config.objective == "rm" else "lm"
     overrides = {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype,
                  "remat": config.model.remat}
     cfg = (models.gguf_config(path, **overrides) if path.endswith(".gguf")
@@ -106,8 +103,12 @@ def split_examples(config, workdir):
         examples, eval_examples = examples[:len(examples) - n], examples[len(examples) - n:]
     if d.train_size:
         examples = examples[:d.train_size]
-    if config.objective == "sft":
+    inputs = objectives.make(config.objective, config.loss.to_dict()).inputs
+    if inputs == "sft":
         examples, eval_examples = _as_sft(examples), _as_sft(eval_examples)
+    elif inputs == "unpaired":
+        examples = data_lib.as_unpaired(examples)
+        eval_examples = data_lib.as_unpaired(eval_examples) if eval_examples else eval_examples
     return examples, eval_examples, counts
 
 
@@ -124,11 +125,11 @@ def _to_device(batch, batch_sharding):
 
 
 def _with_reference(batch, cache):
-    """Adds cached reference log-probs (by example id) to a host batch."""
+    """Adds cached reference quantities (by example id) to a host batch."""
     if cache is None:
         return batch
     ids = np.maximum(batch["example_id"], 0)
-    return {**batch, "ref_chosen_logps": cache[0][ids], "ref_rejected_logps": cache[1][ids]}
+    return {**batch, **{name: values[ids] for name, values in cache.items()}}
 
 
 def _in_order(data, config, desc: str):
@@ -141,14 +142,15 @@ def _in_order(data, config, desc: str):
 
 
 def _reference_cache(ref_fn, params, data, config, batch_sharding):
-    """Reference log-probs of every pair of `data`, computed once: ([N], [N]) float32."""
-    chosen, rejected = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
+    """The reference quantities of every example of `data`, once: {name: [N] float32}."""
+    cache = {}
     for b in _in_order(data, config, "reference log-probs"):
-        c, r = jax.device_get(ref_fn(params, _to_device(b, batch_sharding)))
+        out = jax.device_get(ref_fn(params, _to_device(b, batch_sharding)))
         keep = b["example_id"] >= 0
-        chosen[b["example_id"][keep]] = c[keep]
-        rejected[b["example_id"][keep]] = r[keep]
-    return chosen, rejected
+        for name, values in out.items():
+            cache.setdefault(name, np.zeros(len(data), np.float32))
+            cache[name][b["example_id"][keep]] = values[keep]
+    return cache
 
 
 def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[float, float]:
@@ -206,6 +208,8 @@ class _Writer:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.objective` as configured; returns the last train and eval metrics."""
+    # config.objective and config.loss errors surface before anything is read or loaded
+    objective = objectives.make(config.objective, config.loss.to_dict())
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -214,14 +218,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     tokenizer = load_tokenizer(model_path(config))
     # data file errors surface before the model loads
     train_ex, eval_ex, counts = split_examples(config, workdir)
-    model, cfg = _load_model(config, mesh)
+    model, cfg = _load_model(config, mesh, objective.head)
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"config.model.path: the tokenizer has {len(tokenizer)} tokens but the "
                          f"model's vocabulary has {cfg.vocab_size}: they do not belong together")
     tok_kw = tokenize_kwargs(config)
     train_data = data_lib.tokenize(train_ex, tokenizer, counts=counts, **tok_kw)
     eval_data = data_lib.tokenize(eval_ex, tokenizer, **tok_kw) if eval_ex else None
-    if eval_data is not None and config.objective not in ("sft", "aligner"):
+    if eval_data is not None and objective.inputs not in ("sft", "correction"):
         # pair metrics are batch means: keep whole eval batches so no padding row counts
         whole = len(eval_data) - len(eval_data) % config.eval_batch_size
         if whole < len(eval_data):
@@ -236,13 +240,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     tqdm.write(f"data: {all_counts}")
 
     graphdef, params = nnx.split(model)
-    objective = objectives.get(config.objective, **config.loss.to_dict())
     tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
     batch_sharding = sharding.batch_sharding(mesh)
-    needs_ref = config.objective in _NEEDS_REFERENCE
+    needs_ref = objective.reference is not None
     frozen, ref_cache, eval_ref_cache = None, None, None
     if needs_ref and config.ref_cache:  # one pass now instead of a forward in every step
-        ref_fn = jax.jit(lambda p, b: objectives.pair_logps(nnx.merge(graphdef, p), b))
+        ref_fn = jax.jit(lambda p, b: objective.reference(nnx.merge(graphdef, p), b))
         ref_cache = _reference_cache(ref_fn, params, train_data, config, batch_sharding)
         if eval_data is not None:
             eval_ref_cache = _reference_cache(ref_fn, params, eval_data, config, batch_sharding)

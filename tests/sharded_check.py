@@ -49,7 +49,7 @@ def main(model_dir: str, out: str):
                                               jax.tree.map(lambda x: x.sharding, params), tx, mesh)
     state = jax.jit(init, out_shardings=state_sharding)(params)
     bsh = sharding.batch_sharding(mesh)
-    step = steps.make_train_step(graphdef, objectives.get("sft"), tx,
+    step = steps.make_train_step(graphdef, objectives.make("sft", {}), tx,
                                  state_sharding=state_sharding, batch_sharding=bsh,
                                  frozen_sharding=None)
     rng = np.random.default_rng(0)
