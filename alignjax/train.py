@@ -112,7 +112,7 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.objective` as configured; returns the last logged metrics."""
-    objective = objectives.get(config.objective, **config.loss.to_dict())
+    objective = objectives.make(config.objective, config.loss.to_dict())
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -82,7 +82,7 @@ def run_case(case: str, batch: int, length: int, steps: int) -> dict:
     frozen = None
     if case == "sft":
         data = rows(batch)
-        objective = objectives.get("sft")
+        objective = objectives.make("sft", {})
     else:
         pairs = batch // 2
         c, r = rows(pairs), rows(pairs)
@@ -93,7 +93,7 @@ def run_case(case: str, batch: int, length: int, steps: int) -> dict:
             data["ref_rejected_logps"] = rng.normal(-300, 10, pairs).astype(np.float32)
         else:
             frozen = objectives.Frozen(graphdef, jax.tree.map(jnp.copy, params))
-        objective = objectives.get("dpo", beta=0.1)
+        objective = objectives.make("dpo", {"beta": 0.1})
     tx = steps_lib.optimizer(learning_rate=1e-6, warmup_steps=0, total_steps=100,
                              schedule="constant")
     state = steps_lib.init_state(params, tx, 0)

@@ -16,8 +16,7 @@ from configs import common
 
 def get_config(arg=None):
     del arg
-    c = common.base()
-    c.objective = "aligner"
+    c = common.base("aligner")
     c.steps = 30
     c.eval_every = 30
     c.data.train = "shared:aligner/alpaca_eval_aligner-2b_corrects_gpt-4-turbo-2024-04-09.json"

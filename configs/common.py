@@ -2,16 +2,23 @@
 
 import ml_collections
 
+from alignjax import objectives
+
 # The three helpful splits of HH-RLHF in ../shared/data (6,240 rows, 6,204 pairs once the 36
 # identical pairs are dropped); a random 1,000 are held out for evaluation.
 HH_HELPFUL = ",".join(f"shared:hh-rlhf/{split}/test.jsonl.gz"
                       for split in ("helpful-base", "helpful-online", "helpful-rejection-sampled"))
 
 
-def base() -> ml_collections.ConfigDict:
+def base(objective: str = "sft") -> ml_collections.ConfigDict:
+    """The shared defaults; `config.loss` declares every keyword of `objective` with its default.
+
+    The config is locked by the entry point, so `--config.loss.<key>=...` sets any of them and
+    a misspelt key fails while the flags are read.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.objective = "sft"
+    c.objective = objective
     c.steps = 100
     c.batch_size = 8
     c.eval_batch_size = 8
@@ -54,5 +61,5 @@ def base() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0
 
-    c.loss = ml_collections.ConfigDict()
+    c.loss = ml_collections.ConfigDict(objectives.loss_defaults(objective))
     return c

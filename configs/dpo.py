@@ -3,6 +3,14 @@
 Command:
   python -m alignjax.main --config configs/dpo.py --workdir runs/dpo
   python -m alignjax.main --config configs/dpo.py:ipo --workdir runs/ipo   # another loss
+  python -m alignjax.main --config configs/dpo.py:robust_dpo --config.loss.label_smoothing=0.2 \
+      --workdir runs/robust_dpo
+
+The argument picks one of FAMILY; `config.loss` then declares every keyword of that loss with
+its default (`alignjax.objectives.loss_defaults`): label_smoothing (dpo, robust_dpo, simpo),
+average_logps (ipo: TRL's length-normalised form), gamma (simpo), nll (orpo), desirable_weight
+and undesirable_weight (kto, trained on the pairs split into desirable and undesirable
+examples).
 
 Hardware: 2 CPU cores (float32). Runtime: 44 minutes (reference log-probs of the 320 training
 and 1,000 held-out pairs, once, 12 min; 40 steps of 8 pairs of at most 128 tokens; held-out
@@ -16,17 +24,23 @@ KL, 0.0039 nats per token).
 
 from configs import common
 
+FAMILY = ("dpo", "robust_dpo", "ipo", "hinge", "simpo", "orpo", "kto")
+
 
 def get_config(arg="dpo"):
-    c = common.base()
-    c.objective = arg or "dpo"
+    objective = arg or "dpo"
+    if objective not in FAMILY:
+        raise ValueError(f"configs/dpo.py:{objective}: expected one of {', '.join(FAMILY)}")
+    c = common.base(objective)
     c.steps = 40
     c.eval_every = 20
     c.eval_at_start = False  # the policy starts as the reference: accuracy 0, margin 0
     c.data.train_size = 320  # one epoch of 40 x 8 pairs; the reference pass covers just these
-    c.best_metric = f"eval/{c.objective if c.objective in ('simpo', 'orpo') else 'dpo'}/accuracy"
-    c.best_mode = "max"
+    if objective == "kto":  # unpaired examples: no pairwise accuracy
+        c.best_metric, c.best_mode = "eval/kto/loss", "min"
+    else:
+        prefix = objective if objective in ("simpo", "orpo") else "dpo"
+        c.best_metric, c.best_mode = f"eval/{prefix}/accuracy", "max"
     c.optim.learning_rate = 1e-5
     c.optim.warmup_steps = 4
-    c.loss.beta = 0.1
     return c

@@ -13,7 +13,7 @@ from configs import common
 
 def get_config(arg=None):
     del arg
-    c = common.base()
+    c = common.base("sft")
     c.steps = 12
     c.batch_size = 4
     c.eval_batch_size = 4

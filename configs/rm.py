@@ -16,8 +16,7 @@ from configs import common
 
 def get_config(arg=None):
     del arg
-    c = common.base()
-    c.objective = "rm"
+    c = common.base("rm")
     c.steps = 320  # 2,560 of the 5,204 training pairs, each seen once
     c.eval_every = 160
     c.checkpoint_every = 40
@@ -25,5 +24,4 @@ def get_config(arg=None):
     c.best_metric = "eval/rm/accuracy"
     c.best_mode = "max"
     c.optim.learning_rate = 2e-5
-    c.loss.center_coef = 0.0
     return c

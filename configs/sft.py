@@ -14,8 +14,7 @@ from configs import common
 
 def get_config(arg=None):
     del arg
-    c = common.base()
-    c.objective = "sft"
+    c = common.base("sft")
     c.steps = 30
     c.eval_every = 30
     c.optim.learning_rate = 2e-5

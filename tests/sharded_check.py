@@ -62,7 +62,7 @@ def setup(model_dir, abstract, mesh, batch):
                                               jax.tree.map(lambda x: x.sharding, params), tx, mesh)
     state = jax.jit(init, out_shardings=state_sharding)(params)
     bsh = sharding.batch_sharding(mesh)
-    step = steps.make_train_step(graphdef, objectives.get("sft"), tx, mesh=mesh,
+    step = steps.make_train_step(graphdef, objectives.make("sft", {}), tx, mesh=mesh,
                                  state_sharding=state_sharding, batch_sharding=bsh,
                                  frozen_sharding=None)
     return state, step, {k: jax.device_put(v, bsh) for k, v in batch.items()}, graphdef

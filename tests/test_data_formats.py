@@ -149,6 +149,28 @@ def test_unpair_and_prompts_of():
     assert records.prompts_of([pair])[0].prompt == pair.prompt
 
 
+def test_as_unpaired_gives_each_example_another_prompts_completion():
+    pairs = [records.PairExample(records.user_prompt(f"q{i}"), f"good{i}", f"bad{i}", f"x:{i}")
+             for i in range(3)]
+    out = records.as_unpaired(pairs)
+    assert [(u.prompt[0]["content"], u.completion, u.label, u.kl_completion) for u in out] == [
+        ("q0", "good0", True, "good1"),
+        ("q0", "bad0", False, "bad1"),
+        ("q1", "good1", True, "good2"),
+        ("q1", "bad1", False, "bad2"),
+        ("q2", "good2", True, "good0"),
+        ("q2", "bad2", False, "bad0"),
+    ]  # a shift by 2: the halves of a pair share a prompt; the KL set is the completions
+    assert records.as_unpaired(pairs) == out  # deterministic: cacheable per example
+    single = [records.UnpairedExample(records.user_prompt(q), c, True) for q, c in
+              [("a", "1"), ("b", "2"), ("c", "3")]]
+    assert [u.kl_completion for u in records.as_unpaired(single)] == ["2", "3", "1"]
+    with pytest.raises(ValueError, match="another prompt"):
+        records.as_unpaired(pairs[:1])  # one prompt: no mismatched completion exists
+    with pytest.raises(TypeError, match=r"x:0: KTO needs .*config\.data\.format.*SFTExample"):
+        records.as_unpaired([records.SFTExample(({"role": "assistant", "content": "a"},), "x:0")])
+
+
 def test_hh_transcript_split_and_messages():
     prompt = "\n\nHuman: Hi\n\nAssistant: Hello, how can I help?\n\nHuman: Tell me a joke."
     chosen = prompt + "\n\nAssistant: Why did the chicken cross the road?"

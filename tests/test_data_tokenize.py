@@ -151,3 +151,36 @@ def test_mixed_kinds_are_refused(smollm2_tokenizer):
             smollm2_tokenizer,
             max_length=64,
         )
+
+
+def test_unpaired_kl_sequences_follow_the_kept_prompt(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    long_answer = " ".join(["word"] * 200)
+    pairs = [
+        data.PairExample(R.user_prompt("Say words."), long_answer, "No."),
+        data.PairExample(R.user_prompt("Hi"), "Hello.", "Hey."),
+    ]
+    kw = {"max_length": 64, "truncation": "keep_end"}
+    plain = data.tokenize(data.unpair(pairs), tok, **kw)
+    with_kl = data.tokenize(data.as_unpaired(pairs), tok, **kw)
+    assert with_kl.counts == plain.counts  # the KL sequence neither truncates nor drops
+    for a, b in zip(plain.examples, with_kl.examples):
+        assert set(b) == set(a) | {"kl_input_ids", "kl_loss_mask"}
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+        n_prompt = int(np.argmax(b["loss_mask"]))
+        np.testing.assert_array_equal(b["kl_input_ids"][:n_prompt], b["input_ids"][:n_prompt])
+        assert not b["kl_loss_mask"][:n_prompt].any() and b["kl_loss_mask"][n_prompt:].all()
+        assert len(b["kl_input_ids"]) <= 64
+    rows = with_kl.examples
+    assert tok.decode(rows[0]["kl_input_ids"][rows[0]["kl_loss_mask"] == 1]) == "Hello.<|im_end|>"
+    assert len(rows[2]["kl_input_ids"]) == 64  # "Hi" with the 200 words, cut to fit
+    batch = data.COLLATORS["unpaired"]([*rows, None], 64, with_kl.pad_id)
+    assert batch["kl_input_ids"].shape == batch["input_ids"].shape == (5, 64)
+    np.testing.assert_array_equal(batch["kl_attention_mask"].sum(1),
+                                  [len(r["kl_input_ids"]) for r in rows] + [0])
+    np.testing.assert_array_equal(batch["kl_loss_mask"][:4, :len(rows[1]["kl_input_ids"])][1],
+                                  rows[1]["kl_loss_mask"])
+    assert data.collate.sequence_length("unpaired", rows[2]) == 64
+    with pytest.raises(ValueError, match="all or none carry a kl_completion"):
+        data.tokenize([*data.unpair(pairs[:1]), *data.as_unpaired(pairs)[2:]], tok, **kw)

@@ -58,7 +58,7 @@ def _setup(head="lm", sgd=False, lr=1e-2):
 
 def _run(objective_name, batch, micro_batches=1, head="lm", n_steps=1, sgd=False, lr=1e-2,
          **kw):
-    obj = objectives.get(objective_name, **kw)
+    obj = objectives.make(objective_name, kw)
     graphdef, tx, state, frozen = _setup(head, sgd, lr)
     step = jax.jit(lambda s, b, f: steps.train_step(s, b, f, graphdef=graphdef, objective=obj,
                                                     tx=tx, micro_batches=micro_batches))
@@ -154,4 +154,4 @@ def test_reward_model_learns_the_preference():
 
 def test_unknown_objective_names_the_config_key():
     with pytest.raises(ValueError, match="config.objective='dpoo'"):
-        objectives.get("dpoo")
+        objectives.make("dpoo", {})

@@ -36,7 +36,9 @@ hosts), L a bucket length (`collate.bucket_length`). All arrays are int32 unless
               example_id [B]         index into the examples given to `tokenize`; -1 = padding row
   correction  as sft, plus correction_start [B]: index of the first correction token (the loss
               mask is 1 on the correction and its EOS only)
-  unpaired    as sft, plus label [B] (bool, True = desirable), for KTO
+  unpaired    as sft, plus label [B] (bool, True = desirable), for KTO; examples from
+              `as_unpaired` add kl_input_ids, kl_attention_mask, kl_loss_mask [B, L]: the
+              prompt followed by another prompt's completion (the KL reference point)
   pair        chosen_input_ids, chosen_attention_mask, chosen_loss_mask [B, L], the same with
               rejected_, and example_id [B]. Both halves share L, so a training step can
               concatenate them into one [2B, L] forward pass and split the result after it.
@@ -71,6 +73,7 @@ from alignjax.data.records import (
     SFTExample,
     UnpairedExample,
     as_sft,
+    as_unpaired,
     prompts_of,
     unpair,
 )
@@ -90,6 +93,7 @@ __all__ = [
     "TokenizedData",
     "UnpairedExample",
     "as_sft",
+    "as_unpaired",
     "batch_dataset",
     "batch_iterator",
     "bucket_length",

@@ -36,7 +36,7 @@ def sequence_length(kind: str, row: Row) -> int:
         return 0
     if kind == "pair":
         return max(len(row["chosen_input_ids"]), len(row["rejected_input_ids"]))
-    return len(row["input_ids"])
+    return max(len(row["input_ids"]), len(row.get("kl_input_ids", ())))
 
 
 def _pad(seqs: list[np.ndarray | None], length: int, value: int, left: bool = False) -> np.ndarray:
@@ -82,9 +82,13 @@ def collate_correction(rows: Sequence[Row], length: int, pad_id: int) -> Batch:
 
 
 def collate_unpaired(rows: Sequence[Row], length: int, pad_id: int) -> Batch:
-    """As SFT, plus label [B] (bool: desirable)."""
+    """As SFT, plus label [B] (bool: desirable) and, for rows with a mismatched completion,
+    kl_input_ids, kl_attention_mask, kl_loss_mask [B, L] (KTO's KL estimate)."""
     label = np.array([False if r is None else r["label"] for r in rows], bool)
-    return {**collate_sft(rows, length, pad_id), "label": label}
+    batch = {**collate_sft(rows, length, pad_id), "label": label}
+    if any(r is not None and "kl_input_ids" in r for r in rows):
+        batch.update(_lm(rows, length, pad_id, "kl_"))
+    return batch
 
 
 def collate_pair(rows: Sequence[Row], length: int, pad_id: int) -> Batch:

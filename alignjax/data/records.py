@@ -4,7 +4,8 @@ Every record format of `alignjax.data.formats` parses a raw row into one of five
 
   SFTExample          chat `messages`; every assistant turn is trained
   PairExample         shared prompt + chosen / rejected final responses (RM, DPO family)
-  UnpairedExample     prompt + completion + desirable/undesirable label (KTO)
+  UnpairedExample     prompt + completion + desirable/undesirable label (KTO), optionally a
+                      mismatched completion for the KL reference point (`as_unpaired`)
   CorrectionExample   question + original answer + correction (Aligner)
   PromptExample       prompt only (RL rollouts, generation, evaluation)
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
 
 Message = Mapping[str, str]
 Messages = tuple[Message, ...]
@@ -73,12 +76,22 @@ class PairExample:
 
 @dataclasses.dataclass(frozen=True)
 class UnpairedExample:
-    """A single completion labelled desirable (True) or undesirable (False), for KTO."""
+    """A single completion labelled desirable (True) or undesirable (False), for KTO.
+
+    Attributes:
+      prompt: the chat prompt.
+      completion: the final response.
+      label: True for a desirable completion.
+      origin: where the row came from.
+      kl_completion: the completion of an example with another prompt, whose log-prob under
+        this prompt estimates KTO's KL reference point (`as_unpaired`); None: no KL sequence.
+    """
 
     prompt: Messages
     completion: str
     label: bool
     origin: str = ""
+    kl_completion: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +151,43 @@ def as_sft(examples: Iterable[Example]) -> list[Example]:
     return [SFTExample(messages=(*e.prompt, {"role": "assistant", "content": e.chosen}),
                        origin=e.origin)
             if isinstance(e, PairExample) else e for e in examples]
+def as_unpaired(examples: Sequence[Example]) -> list[UnpairedExample]:
+    """KTO examples, each with a mismatched completion for the KL reference point.
+
+    Preference pairs are split by `unpair` (chosen -> desirable, rejected -> undesirable);
+    unpaired examples are kept. Example i then takes as `kl_completion` the completion of
+    example (i + s) mod N, with s >= 1 the smallest shift that gives every example another
+    prompt's completion (2 for pairs, whose two halves share a prompt). As in TRL's KTOTrainer
+    (which rotates completions by one within each batch), the mismatched completions are the
+    matched ones permuted; the pairing is fixed by the order of `examples`, so reference
+    log-probs can be cached per example.
+
+    Args:
+      examples: PairExample or UnpairedExample records (not mixed).
+
+    Raises:
+      TypeError: another kind of example (the data format does not give preferences).
+      ValueError: mixed kinds, or no shift pairs every example with another prompt.
+    """
+    kinds = {KINDS.get(type(ex)) for ex in examples}
+    if not kinds <= {"pair", "unpaired"}:
+        other = next(ex for ex in examples if KINDS.get(type(ex)) not in ("pair", "unpaired"))
+        raise TypeError(f"{other.origin}: KTO needs preference pairs or unpaired examples "
+                        f"(config.data.format), got a {type(other).__name__}")
+    if len(kinds) > 1:
+        raise ValueError("as_unpaired: examples mix preference pairs and unpaired examples")
+    unpaired = unpair(examples) if kinds == {"pair"} else list(examples)
+    index: dict[tuple, int] = {}
+    prompt_ids = np.array([index.setdefault(tuple(tuple(sorted(m.items())) for m in ex.prompt),
+                                            len(index)) for ex in unpaired])
+    n = len(unpaired)
+    shift = next((s for s in range(1, n) if np.all(prompt_ids != np.roll(prompt_ids, -s))), None)
+    if shift is None:
+        raise ValueError(f"as_unpaired: no cyclic shift gives each of the {n} examples the "
+                         f"completion of another prompt (KTO's KL estimate needs one); does one "
+                         f"prompt hold more than half of them?")
+    return [dataclasses.replace(ex, kl_completion=unpaired[(i + shift) % n].completion)
+            for i, ex in enumerate(unpaired)]
 
 
 def prompts_of(examples: Iterable[Example]) -> list[PromptExample]:

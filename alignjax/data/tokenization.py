@@ -6,6 +6,10 @@ example, the pad id and the counts. Per kind (n = tokens of the example):
   sft, correction, unpaired  input_ids [n] int32, loss_mask [n] uint8, example_id
                              + correction_start (correction: index of the first correction
                                token) / label (unpaired: bool)
+                             + kl_input_ids, kl_loss_mask (unpaired with a `kl_completion`:
+                               the example's kept prompt tokens followed by the mismatched
+                               completion and EOS, cut to fit `max_length`; not counted as
+                               truncation, and never the reason an example is dropped)
   pair                       chosen_input_ids, chosen_loss_mask, rejected_input_ids,
                              rejected_loss_mask, example_id (the two share the prompt tokens)
   prompt                     input_ids [n] int32, example_id
@@ -64,7 +68,8 @@ def _layout(
     if isinstance(example, R.PairExample):
         return [Piece(renderer.prompt(example.prompt), False)], [example.chosen, example.rejected]
     if isinstance(example, R.UnpairedExample):
-        return [Piece(renderer.prompt(example.prompt), False)], [example.completion]
+        kl = [] if example.kl_completion is None else [example.kl_completion]
+        return [Piece(renderer.prompt(example.prompt), False)], [example.completion, *kl]
     if isinstance(example, R.CorrectionExample):
         text = aligner_instruction.format(question=example.question, answer=example.answer)
         return [Piece(renderer.prompt(R.user_prompt(text)), False)], [example.correction]
@@ -127,6 +132,9 @@ def tokenize(
     """
     check_policy(truncation, max_length, max_prompt_length)
     kind = R.kind_of(examples)
+    if kind == "unpaired" and len({ex.kl_completion is None for ex in examples}) > 1:
+        raise ValueError("unpaired examples: either all or none carry a kl_completion "
+                         "(alignjax.data.as_unpaired)")
     renderer = ChatRenderer(tokenizer, chat_template)
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -151,6 +159,8 @@ def tokenize(
         if len(prompt) == 0:
             raise ValueError(f"{examples[i].origin}: the chat template rendered an empty prompt")
         resps = [np.asarray(ids + [eos], np.int32) for ids in resp_ids]
+        # KTO's mismatched completion follows the kept prompt; it never shapes the example.
+        resps, kl_resps = (resps[:1], resps[1:]) if kind == "unpaired" else (resps, [])
         kept = kept_lengths(
             len(prompt),
             [len(r) for r in resps],
@@ -169,6 +179,10 @@ def tokenize(
             (np.concatenate([prompt, r[:k]]), np.concatenate([prompt_mask, np.ones(k, np.uint8)]))
             for r, k in zip(resps, kept.responses)
         ]
+        for r in kl_resps:
+            r = r[: max_length - len(prompt)]
+            mask = np.concatenate([prompt_mask, np.ones_like(r, np.uint8)])
+            seqs.append((np.concatenate([prompt, r]), mask))
         out.append(_example(kind, examples[i], i, prompt, seqs))
     counts[R.TOKENIZED] += len(out)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -194,10 +208,12 @@ def _example(
             "rejected_loss_mask": r_mask,
             "example_id": index,
         }
-    ((ids, mask),) = seqs
+    (ids, mask), *kl = seqs
     row = {"input_ids": ids, "loss_mask": mask, "example_id": index}
     if kind == "correction":
         row["correction_start"] = len(prompt)
     if kind == "unpaired":
         row["label"] = example.label
+        if kl:
+            ((row["kl_input_ids"], row["kl_loss_mask"]),) = kl
     return row
