@@ -65,7 +65,7 @@ def restore_params(workdir: str, like: nnx.Module, step: int | None = None
     Args:
       workdir: the run directory.
       like: a model of the run's architecture (e.g. the exported model, or the one the run
-        started from); it is not modified.
+        started from), or its abstract version (`nnx.eval_shape`); it is not modified.
       step: the checkpoint's step; None for the latest.
 
     Returns:
