@@ -12,6 +12,7 @@ with `/sum` and `/count` so `merge_metrics` is exact over micro-batches (see `co
   rl.py          ppo_policy_loss, value_loss, reinforce_loss
   advantages.py  gae, masked_whiten, rloo_advantages, grpo_advantages, kl_penalty,
                  shaped_rewards, adaptive_kl_update
+  curves.py      loss_and_weight: each example's loss and gradient weight -dL/d(margin)
 """
 
 from alignjax.losses.advantages import (
@@ -25,6 +26,7 @@ from alignjax.losses.advantages import (
 )
 from alignjax.losses.aligner import aligner_loss, aligner_mask
 from alignjax.losses.common import Metrics, masked_mean_metric, merge_metrics
+from alignjax.losses.curves import loss_and_weight
 from alignjax.losses.kto import kto_loss, kto_reference_point
 from alignjax.losses.preference import (
     dpo_loss,
@@ -54,6 +56,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "log1mexp",
+    "loss_and_weight",
     "masked_mean_metric",
     "masked_whiten",
     "merge_metrics",
