@@ -129,7 +129,7 @@ def test_01_losses(tmp_path):
     assert r["pair_chosen_reward"][1] < 0 < r["pair_margin"][1]
     assert r["pair_dpo_loss"][1] < math.log(2)
     table = [ln.split()[0] for ln in _stdout(cells).splitlines() if ln.strip()]
-    assert ["1", "2", "3", "4", "batch"] == [t for t in table if t in ("1", "2", "3", "4", "batch")]
+    assert [t for t in table if t in ("1", "2", "3", "4", "batch")] == ["1", "2", "3", "4", "batch"]
 
 
 @pytest.fixture(scope="module")
