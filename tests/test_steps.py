@@ -93,10 +93,11 @@ def test_gradient_accumulation_is_exact(name, batch_fn, head, kw):
 
 @pytest.mark.parametrize("name,batch_fn,head,kw", [
     ("sft", sft_batch, "lm", {}),
-    ("aligner", sft_batch, "lm", {}),
+    pytest.param("aligner", sft_batch, "lm", {}, marks=pytest.mark.slow),
     ("rm", pair_batch, "scalar", {}),
     ("dpo", lambda n: cached_reference_pair_batch(n=n), "lm", {"beta": 0.1}),
-    ("simpo", pair_batch, "lm", {"beta": 2.0, "gamma": 0.5}),
+    pytest.param("simpo", pair_batch, "lm", {"beta": 2.0, "gamma": 0.5},
+                 marks=pytest.mark.slow),
     ("orpo", pair_batch, "lm", {"beta": 0.1}),
 ])
 def test_every_metric_is_the_same_for_1_2_and_4_micro_batches(name, batch_fn, head, kw):

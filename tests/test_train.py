@@ -14,8 +14,9 @@ from conftest import save_tiny_model
 from alignjax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-                 if not p.endswith(("common.py", "__init__.py")))
+ALL_CONFIGS = sorted(os.path.basename(p)[:-3]
+                     for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                     if not p.endswith(("common.py", "__init__.py")))
 
 
 
@@ -40,6 +41,11 @@ def _load(path: str):
 
 # Every objective configs/dpo.py accepts; its default (dpo) runs in test_every_config_runs.
 DPO_FAMILY = _module(os.path.join(REPO, "configs", "dpo.py")).FAMILY
+
+
+# configs of the offline runner (other jobs, e.g. sampling or online DPO, have their own tests)
+CONFIGS = [n for n in ALL_CONFIGS
+           if _load(os.path.join(REPO, "configs", f"{n}.py")).get("job", "train") == "train"]
 
 
 def small(config, model_dir: str, steps: int = 2):
@@ -239,7 +245,7 @@ def test_evaluation_runs_when_eval_every_is_not_a_multiple_of_log_every(
     assert sorted(int(d) for d in os.listdir(tmp_path / "best") if d.isdigit())
 
 
-@pytest.mark.parametrize("name", ["sft", "dpo"])
+@pytest.mark.parametrize("name", [pytest.param("sft", marks=pytest.mark.slow), "dpo"])
 def test_held_out_metrics_are_exact_over_a_short_last_batch(name, tiny_model_dir, shared_data,
                                                             tmp_path):
     """6 held-out examples in batches of 4 (4 + 2) score exactly as one batch of 6."""

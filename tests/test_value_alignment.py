@@ -27,7 +27,8 @@ def test_value_at_t_is_the_value_of_the_prefix_before_token_t():
                                                               jnp.asarray(mask))))
     assert np.all(aligned[:, 0] == 0.0)
     for b in range(2):
-        for t in np.flatnonzero(response[b]):
+        span = np.flatnonzero(response[b])
+        for t in (span[0], span[len(span) // 2], span[-1]):  # first, middle and last action
             prefix = critic(jnp.asarray(ids[b:b + 1, :t]), jnp.asarray(mask[b:b + 1, :t]))
             np.testing.assert_allclose(aligned[b, t], float(prefix[0, -1]), rtol=1e-5, atol=1e-6)
 
