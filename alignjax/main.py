@@ -1,5 +1,10 @@
 """The one entry point: `python -m alignjax.main --config configs/<exp>.py --workdir DIR`.
 
+The config's `job` picks what runs: "train" (the default, `alignjax.train.run`) or "sample"
+(`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl). The sample
+job adds `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS
+already chooses the YNNPACK fusion types.
+
 Any config leaf can be overridden: `--config.steps=100 --config.optim.learning_rate=1e-5`.
 Multi-host runs call `jax.distributed.initialize()` first (`--distributed`).
 """
@@ -7,6 +12,7 @@ Multi-host runs call `jax.distributed.initialize()` first (`--distributed`).
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,8 +24,15 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+_DECODE_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+
+
 def main(argv):
     del argv
+    job = _CONFIG.value.get("job", "train")
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    if job == "sample" and "ynn_fusion_type" not in flags_now:  # before JAX starts
+        os.environ["XLA_FLAGS"] = f"{flags_now} {_DECODE_FLAGS}".strip()
     import jax
     from absl import logging
 
@@ -27,9 +40,16 @@ def main(argv):
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    from alignjax import train
+    if job == "train":
+        from alignjax import train
 
-    final = train.run(_CONFIG.value, _WORKDIR.value)
+        final = train.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "sample":
+        from alignjax import sample_job
+
+        final = sample_job.run(_CONFIG.value, _WORKDIR.value)
+    else:
+        raise ValueError(f"config.job={job!r}: expected 'train' or 'sample'")
     print(json.dumps(final, indent=2, sort_keys=True))
 
 

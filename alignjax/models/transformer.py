@@ -12,8 +12,11 @@ right-padded batches give exactly the logits of the unpadded sequences.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from alignjax.models.config import ModelConfig, rope_inv_freq
@@ -112,6 +115,38 @@ class Attention(nnx.Module):
         out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL)
         return self.o_proj(out_BLHK.reshape(b, length, self.num_heads * self.head_dim))
 
+    def cached(self, x_BLD, cos_BLK, sin_BLK, mask_B1LS, k_BGSK, v_BGSK, start):
+        """Attention of L new tokens over a KV cache, after writing their keys and values into
+        cache slots [start, start + L). Returns (output [B, L, D], k_BGSK, v_BGSK).
+
+        The same arithmetic as `jax.nn.dot_product_attention` in `__call__` (float32 scores
+        scaled by 1/sqrt(K), masked with a large negative number, float32 softmax), with the
+        cache laid out [B, G, S, K] so that no step transposes it.
+        """
+        b, length, _ = x_BLD.shape
+        g, k = self.num_kv_heads, self.head_dim
+        r = self.num_heads // g  # query heads per key/value head
+        q_BLHK = self.q_proj(x_BLD).reshape(b, length, self.num_heads, k)
+        k_BLGK = self.k_proj(x_BLD).reshape(b, length, g, k)
+        v_BLGK = self.v_proj(x_BLD).reshape(b, length, g, k)
+        q_BLHK = apply_rope(q_BLHK, cos_BLK, sin_BLK)
+        k_BLGK = apply_rope(k_BLGK, cos_BLK, sin_BLK)
+        at = (0, 0, start, 0)
+        k_BGSK = constrain(jax.lax.dynamic_update_slice(
+            k_BGSK, k_BLGK.transpose(0, 2, 1, 3).astype(k_BGSK.dtype), at), CACHE_AXES)
+        v_BGSK = constrain(jax.lax.dynamic_update_slice(
+            v_BGSK, v_BLGK.transpose(0, 2, 1, 3).astype(v_BGSK.dtype), at), CACHE_AXES)
+        q_BGLRK = q_BLHK.reshape(b, length, g, r, k).transpose(0, 2, 1, 3, 4)
+        s_BGLRS = jnp.einsum("bglrk,bgsk->bglrs", q_BGLRK, k_BGSK,
+                             preferred_element_type=jnp.float32)
+        s_BGLRS = s_BGLRS * jnp.float32(1.0 / np.sqrt(k))
+        s_BGLRS = jnp.where(mask_B1LS[:, :, :, None, :], s_BGLRS,
+                            jnp.float32(-0.7 * float(np.finfo(np.float32).max)))
+        p_BGLRS = jax.nn.softmax(s_BGLRS, axis=-1).astype(v_BGSK.dtype)
+        o_BGLRK = jnp.einsum("bglrs,bgsk->bglrk", p_BGLRS, v_BGSK)
+        o_BLD = o_BGLRK.transpose(0, 2, 1, 3, 4).reshape(b, length, self.num_heads * k)
+        return self.o_proj(o_BLD.astype(x_BLD.dtype)), k_BGSK, v_BGSK
+
 
 class MLP(nnx.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
@@ -140,6 +175,53 @@ class DecoderLayer(nnx.Module):
         x_BLD = x_BLD + self.self_attn(self.input_layernorm(x_BLD), cos_BLK, sin_BLK, mask_B1LL)
         x_BLD = x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
         return constrain(x_BLD, _ACT)
+
+    def cached(self, x_BLD, cos_BLK, sin_BLK, mask_B1LS, k_BGSK, v_BGSK, start):
+        """`__call__` over a KV cache (see `Attention.cached`); returns (x_BLD, k, v)."""
+        a_BLD, k_BGSK, v_BGSK = self.self_attn.cached(
+            self.input_layernorm(x_BLD), cos_BLK, sin_BLK, mask_B1LS, k_BGSK, v_BGSK, start)
+        x_BLD = x_BLD + a_BLD
+        x_BLD = x_BLD + self.mlp(self.post_attention_layernorm(x_BLD))
+        return constrain(x_BLD, _STEP_ACT), k_BGSK, v_BGSK
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache (prefill and decode for `alignjax.sampler`).
+# --------------------------------------------------------------------------------------------
+
+# Logical axes of the cache and of the activations of cached calls: batch over data/fsdp, key
+# and value heads over tensor (see `alignjax.sharding.DEFAULT_RULES`).
+CACHE_AXES = ("act_batch", "act_kv_heads", "act_length", None)
+_STEP_ACT = ("act_batch", "act_length", "act_embed")
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: `k[i]`, `v[i]` are [B, G, S, K] over S cache slots."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+    @classmethod
+    def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> KVCache:
+        """An empty cache of `length` slots in the compute dtype, placed like the activations."""
+        def one():
+            shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+            return constrain(jnp.zeros(shape, jnp.dtype(cfg.dtype)), CACHE_AXES)
+
+        return cls(tuple(one() for _ in range(cfg.num_layers)),
+                   tuple(one() for _ in range(cfg.num_layers)))
+
+
+def cached_attention_mask(key_mask_BS: jax.Array, start: jax.Array | int, length: int,
+                          sliding_window: int | None) -> jax.Array:
+    """Boolean [B, 1, L, S] mask of L queries at slots [start, start + L) over S cache slots:
+    causal in slot order, real keys only, optional sliding window."""
+    q_L1 = start + jnp.arange(length)[:, None]
+    k_1S = jnp.arange(key_mask_BS.shape[1])[None, :]
+    allowed_LS = k_1S <= q_L1
+    if sliding_window is not None:
+        allowed_LS &= k_1S > q_L1 - sliding_window
+    return (allowed_LS[None] & (key_mask_BS != 0)[:, None, :])[:, None]
 
 
 _REMAT_POLICIES = {
@@ -196,6 +278,38 @@ class Transformer(nnx.Module):
         for layer in self.layers:
             x_BLD = call(layer, x_BLD, cos_BLK, sin_BLK, mask_B1LL)
         return self.norm(x_BLD)
+
+    def hidden_cached(self, input_ids_BL: jax.Array, positions_BL: jax.Array,
+                      key_mask_BS: jax.Array, cache: KVCache, start: jax.Array | int
+                      ) -> tuple[jax.Array, KVCache]:
+        """Final-norm hidden states [B, L, D] of L new tokens at cache slots [start, start + L).
+
+        Prefill is a call with the (left-padded) prompt at start 0; each decode step is a call
+        with one token. A token at slot q attends to the slots k <= q that `key_mask_BS` marks
+        as real (and, with a sliding window, k > q - window), so a row whose real tokens occupy
+        contiguous slots sees exactly what `hidden` sees for the unpadded sequence.
+
+        Args:
+          input_ids_BL: the new tokens.
+          positions_BL: their RoPE positions (e.g. 0 at the first real prompt token of a row).
+          key_mask_BS: 1 on the slots that hold (or will hold) real tokens, 0 on padding.
+          cache: keys and values [B, G, S, K] per layer, from `KVCache.zeros` or a previous call.
+          start: the slot of the first new token (a traced scalar is fine).
+
+        Returns:
+          (hidden_BLD, the cache with the new keys and values written).
+        """
+        mask_B1LS = cached_attention_mask(key_mask_BS, start, input_ids_BL.shape[1],
+                                          self.cfg.sliding_window)
+        x_BLD = constrain(self.embed_tokens(input_ids_BL), _STEP_ACT)
+        cos_BLK, sin_BLK = rope_cos_sin(self.cfg, positions_BL, x_BLD.dtype)
+        ks, vs = [], []
+        for layer, k_BGSK, v_BGSK in zip(self.layers, cache.k, cache.v, strict=True):
+            x_BLD, k_BGSK, v_BGSK = layer.cached(x_BLD, cos_BLK, sin_BLK, mask_B1LS, k_BGSK,
+                                                 v_BGSK, start)
+            ks.append(k_BGSK)
+            vs.append(v_BGSK)
+        return self.norm(x_BLD), KVCache(tuple(ks), tuple(vs))
 
     def output_embedding(self) -> jax.Array:
         """The output projection W [D, V] in the compute dtype (tied or not)."""
