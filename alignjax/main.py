@@ -31,7 +31,7 @@ def main(argv):
     del argv
     job = _CONFIG.value.get("job", "train")
     flags_now = os.environ.get("XLA_FLAGS", "")
-    if job == "sample" and "ynn_fusion_type" not in flags_now:  # before JAX starts
+    if job in ("sample", "online_dpo") and "ynn_fusion_type" not in flags_now:  # before JAX starts
         os.environ["XLA_FLAGS"] = f"{flags_now} {_DECODE_FLAGS}".strip()
     import jax
     from absl import logging
@@ -48,8 +48,12 @@ def main(argv):
         from alignjax import sample_job
 
         final = sample_job.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "online_dpo":
+        from alignjax import online_dpo
+
+        final = online_dpo.run(_CONFIG.value, _WORKDIR.value)
     else:
-        raise ValueError(f"config.job={job!r}: expected 'train' or 'sample'")
+        raise ValueError(f"config.job={job!r}: expected 'train', 'sample' or 'online_dpo'")
     print(json.dumps(final, indent=2, sort_keys=True))
 
 

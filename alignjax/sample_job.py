@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from alignjax import data as data_lib
 from alignjax import models, sharding
+from alignjax.models import load_tokenizer
 from alignjax.sampler import FINISH_REASONS, SamplingParams, make_sampler
-from alignjax.tokenizer import load_tokenizer
 
 OUTPUT = "samples.jsonl"
 

@@ -40,11 +40,13 @@ import numpy as np
 from flax import nnx
 
 from alignjax import sharding
-from alignjax.draw import GREEDY, SamplingParams, draw
 from alignjax.data.chat import ChatRenderer
 from alignjax.data.records import user_prompt
+from alignjax.draw import SamplingParams, draw
 from alignjax.models.config import ModelConfig
 from alignjax.models.transformer import KVCache, segment_positions
+
+SAMPLE = SamplingParams()  # plain sampling at temperature 1
 
 FINISH_REASONS = ("stop", "length")  # SampleResult.finish_reason_B codes
 # XLA:CPU sends matmuls to YNNPACK by default, which streams the weights of a few-row matmul
@@ -222,7 +224,7 @@ class Sampler:
         self._run = jax.jit(run, static_argnums=(6,))
 
     def __call__(self, params: Any, prompts: Sequence[Sequence[int]] | Mapping[str, Any],
-                 rng: jax.Array | int, settings: SamplingParams = SamplingParams(), *,
+                 rng: jax.Array | int, settings: SamplingParams = SAMPLE, *,
                  n: int = 1) -> SampleResult:
         """Samples `n` continuations of every prompt.
 

@@ -73,7 +73,8 @@ def run_transformers(model_dir: str, mode: str, batch: int, length: int, new: in
 
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
     # no EOS: every row runs to max_new_tokens, as on the alignjax side
-    gen = transformers.GenerationConfig(max_new_tokens=new, eos_token_id=None, pad_token_id=0, use_cache=True,
+    gen = transformers.GenerationConfig(max_new_tokens=new, eos_token_id=None, pad_token_id=0,
+                                        use_cache=True,
                                         do_sample=mode == "sampled", top_k=TOP_K, top_p=TOP_P,
                                         temperature=1.0)
     if mode == "greedy":

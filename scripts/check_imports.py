@@ -29,9 +29,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("steps", ("alignjax.steps",)),
     ("objectives", ("alignjax.objectives",)),
     ("services", ("alignjax.metrics", "alignjax.checkpoint", "alignjax.evaluate",
-                  "alignjax.sampler", "alignjax.memory")),
+                  "alignjax.sampler", "alignjax.draw", "alignjax.memory", "alignjax.workdir")),
     ("rl", ("alignjax.rl",)),
-    ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo")),
+    ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo",
+                 "alignjax.sample_job")),
     ("entry", ("alignjax.main",)),
 ]
 

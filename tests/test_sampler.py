@@ -5,15 +5,15 @@ checked against transformers in test_models.py), the trainer's `objectives.token
 transformers' `generate` and its logits warpers (temperature, top-k, top-p, min-p).
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-import jax
-import jax.numpy as jnp
 from alignjax import models, objectives
-from alignjax.models.transformer import KVCache, segment_positions
 from alignjax.draw import draw
+from alignjax.models.transformer import KVCache, segment_positions
 from alignjax.sampler import GREEDY, SamplingParams, make_sampler, pad_prompts
 
 torch = pytest.importorskip("torch")

@@ -7,15 +7,14 @@ chat prompts of uneven length, left-padded; several are answered in a few words,
 at the EOS token (<|im_end|>) at different steps.
 """
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_sampler import cached_and_full_logits
 
-import jax
-import jax.numpy as jnp
 from alignjax import models, objectives
 from alignjax.sampler import GREEDY, SamplingParams, make_sampler, pad_prompts
-from test_sampler import cached_and_full_logits
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
