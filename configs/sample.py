@@ -4,8 +4,9 @@ Command:
   python -m alignjax.main --config configs/sample.py --workdir runs/sample \
       [--config.model.path=runs/sft]  # a GGUF file, a Hugging Face directory or a run's workdir
 
-Hardware: 2 CPU cores (float32). Runtime: RUNTIME_TBD.
-Expected result (measured): EXPECTED_TBD
+Hardware: 2 CPU cores (float32). Writes DIR/samples.jsonl: one line per completion with the
+prompt, the response, the finish reason ("stop" or "length") and the response's log-prob under
+the model; tests/test_sample_job.py runs it on a tiny model.
 """
 
 import ml_collections
