@@ -42,7 +42,7 @@ from flax import nnx
 from alignjax import sharding
 from alignjax.data.chat import ChatRenderer
 from alignjax.data.records import user_prompt
-from alignjax.draw import SamplingParams, draw
+from alignjax.draw import GREEDY, SamplingParams, draw  # noqa: F401 (GREEDY re-exported)
 from alignjax.models.config import ModelConfig
 from alignjax.models.transformer import KVCache, segment_positions
 
