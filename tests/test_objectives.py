@@ -150,6 +150,8 @@ def test_every_config_declares_every_loss_keyword():
     args += [f"configs/dpo.py:{name}" for name in dpo_module.FAMILY]
     for arg in args:
         _, config = _load_config(arg)
+        if "objective" not in config:  # a job without training (configs/sample.py)
+            continue
         assert config.loss.to_dict() == objectives.loss_defaults(config.objective), arg
     assert set(dpo_module.FAMILY) == set(objectives.OBJECTIVES) - {"sft", "aligner", "rm"}
     with pytest.raises(ValueError, match=r"configs/dpo\.py:dpoo: expected one of"):
