@@ -1,9 +1,10 @@
 """Objectives: thin glue from a model and a batch to a loss (forward -> log-probs -> loss).
 
 `OBJECTIVES` maps each `config.objective` to a factory whose keyword-only parameters are the
-`config.loss` keys, with their defaults (`loss_defaults`); `make(name, loss_config)` checks the
-keys and builds the `alignjax.steps.Objective`, which declares the batch layout (`inputs`), the
-model (`head`) and the reference quantities (`reference`) the runner provides.
+`config.loss` keys, with their defaults (`loss_defaults`); a name "package.module:factory" names
+a factory defined elsewhere (a loss in one file: configs/dpop.py). `make(name, loss_config)`
+checks the keys and builds the `alignjax.steps.Objective`, which declares the batch layout
+(`inputs`), the model (`head`) and the reference quantities (`reference`) the runner provides.
 
 Batch fields (numpy or jax arrays, leading axis B):
   sft / correction: input_ids, attention_mask, loss_mask (1 on the trained tokens), and
@@ -22,6 +23,7 @@ quantities are not cached.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import numbers
 from collections.abc import Callable, Mapping
@@ -180,7 +182,7 @@ def _pair_reference(model, batch: Batch) -> dict[str, jax.Array]:
     return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
 
 
-def _reference_pairs(loss_fn: Callable, *, length_normalised: bool = False) -> Objective:
+def reference_pairs(loss_fn: Callable, *, length_normalised: bool = False) -> Objective:
     """A DPO-family objective: `loss_fn(policy_w, policy_l, ref_w, ref_l[, lengths])`.
 
     Summed completion log-probs under the policy and the reference; with `length_normalised`,
@@ -212,7 +214,7 @@ def dpo(*, beta: float = 0.1, label_smoothing: float = 0.0) -> Objective:
     """
     _beta(beta)
     _number("label_smoothing", label_smoothing, 0.0, 0.5)
-    return _reference_pairs(functools.partial(losses.dpo_loss, beta=beta,
+    return reference_pairs(functools.partial(losses.dpo_loss, beta=beta,
                                               label_smoothing=label_smoothing))
 
 
@@ -225,7 +227,7 @@ def robust_dpo(*, beta: float = 0.1, label_smoothing: float = 0.1) -> Objective:
     """
     _beta(beta)
     _number("label_smoothing", label_smoothing, 0.0, 0.5, open_high=True)
-    return _reference_pairs(functools.partial(losses.robust_dpo_loss, beta=beta,
+    return reference_pairs(functools.partial(losses.robust_dpo_loss, beta=beta,
                                               label_smoothing=label_smoothing))
 
 
@@ -240,7 +242,7 @@ def ipo(*, beta: float = 0.1, average_logps: bool = False) -> Objective:
     """
     _beta(beta)
     _check("average_logps", average_logps, isinstance(average_logps, bool), "true or false")
-    return _reference_pairs(functools.partial(losses.ipo_loss, beta=beta),
+    return reference_pairs(functools.partial(losses.ipo_loss, beta=beta),
                             length_normalised=average_logps)
 
 
@@ -251,7 +253,7 @@ def hinge(*, beta: float = 0.1) -> Objective:
       beta: inverse margin.
     """
     _beta(beta)
-    return _reference_pairs(functools.partial(losses.hinge_loss, beta=beta))
+    return reference_pairs(functools.partial(losses.hinge_loss, beta=beta))
 
 
 def simpo(*, beta: float = 0.1, gamma: float = 0.5, label_smoothing: float = 0.0) -> Objective:
@@ -398,8 +400,21 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
 
 
 def _factory(name: str) -> Callable[..., Objective]:
+    """`OBJECTIVES[name]`, or for "package.module:function" that function (an objective defined
+    outside the package, e.g. in the config file that uses it)."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"config.objective={name!r}: cannot import {attr!r} from "
+                             f"{module!r} ({e})") from e
+        if not callable(factory):
+            raise ValueError(f"config.objective={name!r}: {attr!r} is not a factory")
+        return factory
     if name not in OBJECTIVES:
-        raise ValueError(f"config.objective={name!r}: expected one of {', '.join(OBJECTIVES)}")
+        raise ValueError(f"config.objective={name!r}: expected one of {', '.join(OBJECTIVES)}, "
+                         "or 'package.module:factory'")
     return OBJECTIVES[name]
 
 
@@ -412,7 +427,7 @@ def make(name: str, loss_config: Mapping[str, Any]) -> Objective:
     """The objective `config.objective` with the keywords `config.loss`.
 
     Args:
-      name: a key of `OBJECTIVES`.
+      name: a key of `OBJECTIVES`, or "package.module:factory".
       loss_config: keywords of its factory (a subset of `loss_defaults(name)`).
 
     Raises:
@@ -426,4 +441,4 @@ def make(name: str, loss_config: Mapping[str, Any]) -> Objective:
         raise ValueError(f"config.loss.{unknown[0]}: objective {name!r} takes {takes} "
                          f"(config.loss declares the keys of the objective a config is built "
                          f"for: pick another with the config's argument, e.g. configs/dpo.py:ipo)")
-    return OBJECTIVES[name](**dict(loss_config))
+    return _factory(name)(**dict(loss_config))

@@ -325,3 +325,48 @@ def test_orpo_matches_trl_and_its_nll_accumulates_exactly(two_models):
     np.testing.assert_allclose(float(whole["orpo/nll"]), nll.item(), **TOL)
     merged_nll = np.mean([float(h[1]["orpo/nll"]) for h in halves])  # as merge_metrics
     np.testing.assert_allclose(merged_nll, nll.item(), **TOL)
+
+
+# ------------------------------------------------------------------- a loss in one file
+
+
+def test_a_loss_defined_in_a_config_file_is_an_objective():
+    """configs/dpop.py defines DPOP and names it "configs.dpop:dpop": its loss matches the
+    formula in float64, lam = 0 gives DPO's loss and gradients, and its keys are checked."""
+    sys.path.insert(0, REPO)
+    try:
+        from configs import dpop as dpop_config
+    finally:
+        sys.path.remove(REPO)
+    rng = np.random.default_rng(0)
+    logps = [rng.normal(-20.0, 3.0, 16).astype(np.float32) for _ in range(4)]
+    beta, lam = 0.1, 5.0
+    loss, metrics = dpop_config.dpop_loss(*logps, beta=beta, lam=lam)
+    pw, pl, rw, rl = (x.astype(np.float64) for x in logps)
+    z = beta * ((pw - rw) - (pl - rl) - lam * np.maximum(0.0, rw - pw))
+    assert (pw < rw).any() and (pw > rw).any()  # the penalty is on for some rows only
+    np.testing.assert_allclose(float(loss), np.mean(np.logaddexp(0.0, -z)), rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["dpop/penalty"]), np.mean(np.maximum(0, rw - pw)),
+                               rtol=1e-6)
+
+    def value(fn, **kw):
+        return jax.value_and_grad(lambda a, b: fn(a, b, *logps[2:], **kw)[0], argnums=(0, 1))(
+            *logps[:2])
+
+    (l0, g0), (l1, g1) = value(dpop_config.dpop_loss, beta=beta, lam=0.0), value(
+        objectives.losses.dpo_loss, beta=beta)
+    np.testing.assert_allclose(float(l0), float(l1), rtol=1e-6)
+    for a, b in zip(g0, g1, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+
+    name = "configs.dpop:dpop"
+    assert objectives.loss_defaults(name) == {"beta": 0.1, "lam": 50.0}
+    obj = objectives.make(name, {"lam": 1.0})
+    assert (obj.inputs, obj.head, obj.reference is not None) == ("pair", "lm", True)
+    with pytest.raises(ValueError, match=r"config\.loss\.lam=-1\.0: expected"):
+        objectives.make(name, {"lam": -1.0})
+    with pytest.raises(ValueError, match=r"config\.objective='configs\.nope:dpop': cannot"):
+        objectives.make("configs.nope:dpop", {})
+    config = _parse(f"--config={os.path.join(REPO, 'configs', 'dpop.py')}",
+                    "--config.loss.lam=10")
+    assert (config.objective, config.loss.lam, config.loss.beta) == (name, 10.0, 0.1)
