@@ -7,7 +7,9 @@ sums and counts, plain means weighted by each batch's rows (`metrics.merge_weigh
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -81,10 +83,61 @@ class ReferenceCache:
         return {**batch, **{k: v[safe] for k, v in self.values.items()}}
 
 
+def fingerprint(data: data_lib.TokenizedData, *extra: str) -> str:
+    """SHA-256 of every array of every tokenized example (and of `extra` strings, e.g. the
+    model's config): equal fingerprints mean the reference pass would see the same inputs."""
+    h = hashlib.sha256()
+    for text in extra:
+        h.update(text.encode())
+    for e in data.examples:
+        for k in sorted(e):
+            v = np.asarray(e[k])
+            h.update(f"{k}:{v.dtype}:{v.shape}".encode())
+            h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def _load_cache(path: str, key: str) -> ReferenceCache | None:
+    """The cache saved at `path` if it was computed from the same inputs (`key`), else None."""
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["fingerprint"]) != key:
+            tqdm.write(f"{path}: computed from other data or another model; recomputing it")
+            return None
+        values = {k[len("value/"):]: z[k] for k in z.files if k.startswith("value/")}
+        return ReferenceCache(values, z["known"])
+
+
+def _save_cache(cache: ReferenceCache, path: str, key: str) -> None:
+    """Writes the cache atomically (a temporary file, then a rename), from process 0 only."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, fingerprint=np.asarray(key), known=cache.known,
+             **{f"value/{k}": v for k, v in cache.values.items()})
+    os.replace(tmp, path)
+
+
 def reference_cache(reference_fn: Callable[[Any, dict], Mapping[str, jax.Array]], params: Any,
                     data: data_lib.TokenizedData, mesh: jax.sharding.Mesh, *, batch_size: int,
-                    buckets: tuple[int, ...] = (), desc: str = "reference") -> ReferenceCache:
-    """Runs `reference_fn(params, device batch) -> {name: [B]}` once over `data`, in order."""
+                    buckets: tuple[int, ...] = (), desc: str = "reference",
+                    path: str | None = None, key: str = "") -> ReferenceCache:
+    """Runs `reference_fn(params, device batch) -> {name: [B]}` once over `data`, in order.
+
+    With `path` (an .npz file), a cache saved there from the same inputs (`key`, e.g. a
+    `fingerprint`) is read instead, and a newly computed one is saved there: a resumed run
+    does not repeat the pass. The file holds only numeric arrays (read without pickle). Runs
+    of several processes always recompute (a host without the file would otherwise skip the
+    collective pass that the others run).
+    """
+    if jax.process_count() > 1:  # every process must run the same passes: no per-host files
+        path = None
+    if path is not None:
+        cached = _load_cache(path, key)
+        if cached is not None:
+            return cached
     size = 1 + max(int(e["example_id"]) for e in data.examples)
     values: dict[str, np.ndarray] = {}
     known = np.zeros(size, bool)
@@ -94,7 +147,10 @@ def reference_cache(reference_fn: Callable[[Any, dict], Mapping[str, jax.Array]]
         for name, v in out.items():
             values.setdefault(name, np.zeros(size, np.float32))[ids] = v
         known[ids] = True
-    return ReferenceCache(values, known)
+    cache = ReferenceCache(values, known)
+    if path is not None:
+        _save_cache(cache, path, key)
+    return cache
 
 
 def evaluate(eval_fn: Callable[[Any, dict], Mapping[str, jax.Array]], params: Any,

@@ -139,9 +139,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         # one pass now instead of a reference forward in every step
         ref_fn = sharding.under(mesh, jax.jit(
             lambda p, b: objective.reference(nnx.merge(graphdef, p), b)))
-        train_cache = evaluate_lib.reference_cache(ref_fn, params, train_data, mesh, **passes)
-        if eval_data is not None:
-            eval_cache = evaluate_lib.reference_cache(ref_fn, params, eval_data, mesh, **passes)
+        model_key = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
+        caches = {}
+        for name, data in (("train", train_data), ("eval", eval_data)):
+            if data is not None:  # saved, so that a resumed run does not repeat the pass
+                caches[name] = evaluate_lib.reference_cache(
+                    ref_fn, params, data, mesh, **passes,
+                    path=os.path.join(workdir, "reference_cache", f"{name}.npz"),
+                    key=evaluate_lib.fingerprint(data, model_key, config.objective))
+        train_cache, eval_cache = caches["train"], caches.get("eval")
     elif objective.reference is not None:
         frozen = objectives.Frozen(graphdef, jax.tree.map(jnp.copy, params))
 

@@ -216,6 +216,39 @@ def test_cached_reference_survives_dropped_examples(tiny_model_dir, shared_data,
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+def test_reference_cache_is_saved_and_read_back(tiny_model_dir, shared_data, tmp_path):
+    """The reference pass is saved in the workdir and read instead of recomputed (a resumed
+    run does not repeat it), only when the data and the model are the ones it came from."""
+    from alignjax import evaluate
+
+    def run(workdir):
+        config = small(_load(os.path.join(REPO, "configs", "dpo.py")), tiny_model_dir, steps=1)
+        config.export = False
+        train.run(config, str(workdir))
+        return read_metrics(str(workdir))[0]
+
+    first = run(tmp_path / "a")
+    saved = np.load(tmp_path / "a" / "reference_cache" / "train.npz")
+    assert saved["known"].sum() == 16 and {"value/ref_chosen_logps", "value/ref_rejected_logps"} \
+        <= set(saved.files)
+    # the same cache with the chosen reference log-probs shifted by +5: read, not recomputed
+    os.makedirs(tmp_path / "b" / "reference_cache")
+    for name in ("train", "eval"):
+        z = dict(np.load(tmp_path / "a" / "reference_cache" / f"{name}.npz"))
+        z["value/ref_chosen_logps"] = z["value/ref_chosen_logps"] + 5.0
+        np.savez(tmp_path / "b" / "reference_cache" / f"{name}.npz", **z)
+    second = run(tmp_path / "b")
+    beta = 0.1
+    np.testing.assert_allclose(second["dpo/chosen_reward"], first["dpo/chosen_reward"] - beta * 5,
+                               rtol=1e-4)
+    np.testing.assert_allclose(second["dpo/rejected_reward"], first["dpo/rejected_reward"],
+                               rtol=1e-5)
+    # from other inputs (another fingerprint), the file is ignored
+    path = str(tmp_path / "a" / "reference_cache" / "train.npz")
+    assert evaluate._load_cache(path, str(saved["fingerprint"])) is not None
+    assert evaluate._load_cache(path, "another-fingerprint") is None
+
+
 def test_final_step_is_saved_and_a_finished_run_is_not_retrained(tiny_model_dir, shared_data,
                                                                    tmp_path, capsys):
     config = small(_load(os.path.join(REPO, "configs", "sft.py")), tiny_model_dir, steps=3)
