@@ -1,5 +1,8 @@
 """Best-of-N: sample N responses per prompt, keep the one a reward scores highest.
 
+    model, cfg, tokenizer = models.load({"path": "smollm2-135m-instruct"}, None)
+    graphdef, params = nnx.split(model)
+    generator = Generator(config, graphdef, cfg, tokenizer, None)  # config: sampling settings
     rows, rewards_PM = sample_and_score(generator, params, openings, n=32, seed=0,
                                         reward_fn=rewards.vader_sentiment)
     results = summarise(rewards_PM, ns=(1, 2, 4, 8, 16, 32))  # one dict per N
