@@ -24,7 +24,9 @@ KL to the base policy, two ways, both in nats:
     keeps the base policy's proportions, so KL = sum_k q_k log(q_k / p_k) with
     q_k = F_k^n - F_{k-1}^n. It sees the ties that the analytic value ignores (VADER scores
     many neutral continuations exactly 0) and is biased low as n approaches M (it cannot exceed
-    log M). The reported value is its mean over prompts, with a 95% interval over prompts.
+    log M). The reported value is its mean over prompts, with a 95% interval over prompts;
+    that interval shows how the estimate varies between prompts, not its error as an estimate
+    of the model's KL.
 
 The job (`config.job = "best_of_n"`, `run`): M samples of each held-out opening ->
 workdir/samples.jsonl (every sample with its reward), the selected responses for every N ->
