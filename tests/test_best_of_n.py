@@ -116,6 +116,9 @@ def test_best_of_n_job_selects_nested_bests(bon_job):
     assert np.all(np.diff(kls) > 0)
     assert all(kl < best_of_n.analytic_kl(n) for kl, n in zip(kls[1:], best_of_n.NS[1:]))
     assert os.path.getsize(workdir / "best_of_n.png") > 1000
+    stats = read_jsonl(workdir / "sample_stats.jsonl")[0]
+    assert stats["samples"] == p * m and stats["response_tokens"] == 1.0
+    assert stats["reward_all"] == pytest.approx(rewards_PM.mean(), abs=1e-12)
     assert "| N | reward (95% CI) | analytic KL" in (workdir / "results.md").read_text()
 
     def no_reward(prompts, responses):

@@ -30,8 +30,9 @@ KL to the base policy, two ways, both in nats:
 
 The job (`config.job = "best_of_n"`, `run`): M samples of each held-out opening ->
 workdir/samples.jsonl (every sample with its reward), the selected responses for every N ->
-workdir/selected.jsonl, one result row per N -> workdir/best_of_n.jsonl and results.md, and
-workdir/best_of_n.png (reward against N and against the KL). Samples already in the workdir are
+workdir/selected.jsonl, one result row per N -> workdir/best_of_n.jsonl and results.md,
+`sample_stats` -> workdir/sample_stats.jsonl, and workdir/best_of_n.png (reward against N and
+against the KL). Samples already in the workdir are
 reused.
 """
 
@@ -131,6 +132,18 @@ def sample_and_score(generator: Generator, params, openings: list[str], *, n: in
     return rows, values.reshape(len(openings), n)
 
 
+def sample_stats(rows: list[dict], rewards_PM: np.ndarray) -> dict[str, float]:
+    """What was sampled: mean reward of every sample (95% interval), the fraction that ended
+    with a stop token, mean response tokens, distinct rewards per prompt."""
+    mean, low, high = mean_interval(rewards_PM.ravel())
+    return {"samples": len(rows), "reward_all": mean, "reward_all_ci95_low": low,
+            "reward_all_ci95_high": high,
+            "eos_fraction": float(np.mean([r["finish_reason"] == "stop" for r in rows])),
+            "response_tokens": float(np.mean([r["tokens"] for r in rows])),
+            "distinct_rewards_per_prompt": float(np.mean([len(np.unique(r))
+                                                          for r in rewards_PM]))}
+
+
 def table(results: list[dict]) -> str:
     lines = ["| N | reward (95% CI) | analytic KL (nats) | empirical KL (nats, 95% CI) |",
              "|---|---|---|---|"]
@@ -217,5 +230,11 @@ def run(config, workdir: str, reward_fn: rewards.RewardFn | None = None) -> dict
     print(f"\nBest-of-N on {len(openings)} held-out prompts, {m} samples each, reward = "
           f"{getattr(reward_fn, '__name__', 'reward_fn')}")
     print(summary)
+    stats = sample_stats(rows, rewards_PM)
+    write_jsonl(os.path.join(workdir, "sample_stats.jsonl"), [stats])
+    print(f"all {stats['samples']} samples: mean reward {stats['reward_all']:.3f} "
+          f"({stats['reward_all_ci95_low']:.3f} to {stats['reward_all_ci95_high']:.3f}), "
+          f"{stats['eos_fraction']:.1%} end with EOS, {stats['response_tokens']:.1f} tokens, "
+          f"{stats['distinct_rewards_per_prompt']:.1f} distinct rewards per prompt")
     print(f"\nplot: {os.path.join(workdir, 'best_of_n.png')}")
     return {str(r["n"]): r for r in results}
