@@ -127,6 +127,7 @@ def plot(base: dict, rounds: list[dict], path: str) -> None:
                       alpha=0.25, color="tab:red")
     ax_k.set(xlabel="round", ylabel="nats per response", title="KL(model || base), held out")
     for ax in (ax_r, ax_k):
+        ax.set_xticks(xs)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -135,7 +136,11 @@ def plot(base: dict, rounds: list[dict], path: str) -> None:
 
 def _round(config, workdir: str, r: int, *, gen: Generator, params, ref_params, model_path,
            train_openings, eval_openings, reward_fn) -> dict:
-    """Runs the unfinished stages of round `r` (module docstring); returns its summary."""
+    """Runs the unfinished stages of round `r` (module docstring); returns its summary.
+
+    `params()` gives the current model's parameters (called only if the round samples);
+    `model_path` is the checkpoint its SFT starts from.
+    """
     rdir = os.path.join(workdir, f"round_{r}")
     os.makedirs(rdir, exist_ok=True)
     n = config.samples_per_prompt
