@@ -1,9 +1,11 @@
 """The one entry point: `python -m alignjax.main --config configs/<exp>.py --workdir DIR`.
 
-The config's `job` picks what runs: "train" (the default, `alignjax.train.run`) or "sample"
-(`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl). The sample
-job adds `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS
-already chooses the YNNPACK fusion types.
+The config's `job` picks what runs: "train" (the default, `alignjax.train.run`), "sample"
+(`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl),
+"online_dpo" (`alignjax.online_dpo.run`), "best_of_n" (`alignjax.rl.best_of_n.run`) or
+"rejection_sampling" (`alignjax.rejection_sampling.run`). The jobs that sample add
+`alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS already
+chooses the YNNPACK fusion types.
 
 Any config leaf can be overridden: `--config.steps=100 --config.optim.learning_rate=1e-5`.
 Multi-host runs call `jax.distributed.initialize()` first (`--distributed`).
@@ -25,13 +27,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 _DECODE_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+_SAMPLING_JOBS = ("sample", "online_dpo", "best_of_n", "rejection_sampling")
 
 
 def main(argv):
     del argv
     job = _CONFIG.value.get("job", "train")
     flags_now = os.environ.get("XLA_FLAGS", "")
-    if job in ("sample", "online_dpo") and "ynn_fusion_type" not in flags_now:  # before JAX starts
+    if job in _SAMPLING_JOBS and "ynn_fusion_type" not in flags_now:  # before JAX starts
         os.environ["XLA_FLAGS"] = f"{flags_now} {_DECODE_FLAGS}".strip()
     import jax
     from absl import logging
@@ -52,8 +55,17 @@ def main(argv):
         from alignjax import online_dpo
 
         final = online_dpo.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "best_of_n":
+        from alignjax.rl import best_of_n
+
+        final = best_of_n.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "rejection_sampling":
+        from alignjax import rejection_sampling
+
+        final = rejection_sampling.run(_CONFIG.value, _WORKDIR.value)
     else:
-        raise ValueError(f"config.job={job!r}: expected 'train', 'sample' or 'online_dpo'")
+        raise ValueError(f"config.job={job!r}: expected 'train', 'sample', 'online_dpo', "
+                         "'best_of_n' or 'rejection_sampling'")
     print(json.dumps(final, indent=2, sort_keys=True))
 
 

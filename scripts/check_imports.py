@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "alignjax.sampler", "alignjax.draw", "alignjax.memory", "alignjax.workdir")),
     ("rl", ("alignjax.rl",)),
     ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo",
-                 "alignjax.sample_job")),
+                 "alignjax.sample_job", "alignjax.rejection_sampling")),
     ("entry", ("alignjax.main",)),
 ]
 
