@@ -35,11 +35,11 @@ def get_config(arg=None):
     c.top_k = 0
     c.top_p = 1.0
 
-    c.steps = 40
+    c.steps = 30
     c.batch_size = 8
     c.eval_batch_size = 8
     c.log_every = 5
-    c.eval_every = 20
+    c.eval_every = 10
     c.eval_at_start = False
     c.checkpoint_every = 10
     c.keep_checkpoints = 8  # every checkpoint is judged by the true reward afterwards
@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.data.max_length = 96
     c.data.max_prompt_length = 48
     c.data.buckets = (96,)
-    c.optim.learning_rate = 5e-6
+    c.optim.learning_rate = 1e-5
     c.optim.warmup_steps = 4
     c.loss.beta = 0.1
     return c
