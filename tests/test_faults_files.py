@@ -163,7 +163,8 @@ def test_damaged_safetensors_is_named(model_copy, damage):
         models.load_pretrained(model_copy)
 
 
-@pytest.mark.parametrize("cut", ["header", "tensors"])
+# GGUFReader takes ~10 s to parse a file cut inside its tensors: that case is slow
+@pytest.mark.parametrize("cut", ["header", pytest.param("tensors", marks=pytest.mark.slow)])
 def test_truncated_gguf_is_named(tmp_path, cut):
     from alignjax.assets import smollm2_gguf_path
 

@@ -307,7 +307,8 @@ def parse_rows(
         except _EmptyResponse:
             counts[R.EMPTY_DROPPED] += 1
             continue
-        counts[R.EMPTY_KEPT] += int(fields.empty)
+        if fields.empty:
+            counts[R.EMPTY_KEPT] += 1
         if example is not None:
             examples.append(example)
     counts[R.EXAMPLES] += len(examples)
