@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import glob
 import json
 import os
 import shutil
@@ -120,11 +121,15 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
 
 
 def export(model, tokenizer, workdir: str) -> str:
-    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0)."""
+    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0).
+
+    What an export killed half-way left behind (`export.tmp`, `.tmp-export-*`) is removed first.
+    """
     out = os.path.join(workdir, "export")
     if jax.process_index() == 0:
         tmp = out + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in [tmp, *glob.glob(os.path.join(workdir, ".tmp-export-*"))]:
+            shutil.rmtree(leftover, ignore_errors=True)
         models.save_hf(model, tmp, tokenizer=tokenizer)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
