@@ -58,14 +58,16 @@ def _write_json(workdir: str, name: str, obj) -> None:
 _AT_LEAST = {"steps": 1, "batch_size": 1, "eval_batch_size": 1, "micro_batches": 1,
              "log_every": 1, "eval_every": 0, "checkpoint_every": 1, "keep_checkpoints": 1,
              "seed": 0, "data.max_length": 2, "data.max_prompt_length": 0, "data.eval_size": 0,
-             "data.train_size": 0, "optim.warmup_steps": 0}
+             "data.train_size": 0, "data.holdout_seed": 0, "optim.warmup_steps": 0}
 _POSITIVE_FLOATS = ("optim.learning_rate", "optim.grad_clip")
+_DTYPES = ("float32", "bfloat16", "float16")
 _BOOLS = ("export", "eval_at_start", "ref_cache")
 _CHOICES = {"on_nonfinite": ("stop", "skip"), "best_mode": ("min", "max"),
             "data.on_malformed": ("raise", "skip"), "data.on_empty": ("keep", "drop", "raise"),
             "data.holdout": ("last", "random"), "data.truncation": ("keep_end", "cut_response",
                                                                     "drop"),
-            "optim.schedule": ("cosine", "linear", "constant")}
+            "optim.schedule": ("cosine", "linear", "constant"), "model.dtype": _DTYPES,
+            "model.param_dtype": _DTYPES, "model.remat": ("none", "full", "dots")}
 
 
 def _get(config, key: str):
@@ -94,6 +96,12 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
                 or value == float("inf"):
             raise ValueError(f"config.{key}={value!r}: expected a positive number")
+    decay = config.optim.weight_decay
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1e9:
+        raise ValueError(f"config.optim.weight_decay={decay!r}: expected a number >= 0")
+    if config.data.format not in data_lib.FORMATS:
+        raise ValueError(f"config.data.format={config.data.format!r}: expected one of "
+                         f"{sorted(data_lib.FORMATS)}")
     for key in _BOOLS:
         if not isinstance(_get(config, key), bool):
             raise TypeError(f"config.{key}={_get(config, key)!r}: expected True or False")
