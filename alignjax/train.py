@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -76,15 +76,28 @@ def _get(config, key: str):
     return config
 
 
-def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+def check_config(config: ml_collections.ConfigDict,
+                 devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
     """Fails on settings the run cannot use, before anything is read or computed.
+
+    Args:
+      config: the run's config.
+      devices: the devices of the mesh (default: all of them).
+
+    Returns:
+      The mesh of `config.mesh` over `devices`.
 
     Raises:
       ValueError / TypeError naming the `config.<key>` at fault: a count that is not an
       integer or too small, a rate that is not a positive number, an unknown choice, bucket
-      lengths that are not positive integers, a batch that the micro-batches or the mesh's batch
-      shards (or the processes) do not divide.
+      lengths that are not positive integers, mesh sizes that are not -1 or positive or do not
+      match the devices, a batch that the micro-batches or the mesh's batch shards (or the
+      processes) do not divide.
     """
+    for axis, size in config.mesh.items():
+        if not isinstance(size, int) or isinstance(size, bool) or not (size == -1 or size >= 1):
+            raise ValueError(f"config.mesh.{axis}={size!r}: expected -1 or a positive integer")
+    mesh = sharding.make_mesh(**config.mesh, devices=devices)
     for key, least in _AT_LEAST.items():
         value = _get(config, key)
         if not isinstance(value, int) or isinstance(value, bool):
@@ -126,6 +139,7 @@ def check_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> 
     if b % jax.process_count():
         raise ValueError(f"config.batch_size={b} is not divisible by the "
                          f"{jax.process_count()} processes")
+    return mesh
 
 
 def export(model, tokenizer, workdir: str) -> str:
@@ -205,8 +219,7 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.objective` as configured; returns the last logged metrics."""
     objective = objectives.make(config.objective, config.loss.to_dict())
-    mesh = sharding.make_mesh(**config.mesh)
-    check_config(config, mesh)
+    mesh = check_config(config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:

@@ -137,6 +137,43 @@ def test_config_faults_fail_before_anything_is_read(tmp_path, key, value, messag
     assert not (tmp_path / "run").exists()  # nothing written, read or computed
 
 
+# Values every run must refuse, written out here independently of `train.check_config`.
+REFUSED = {
+    **{k: (-1, 0) for k in ("steps", "batch_size", "eval_batch_size", "micro_batches",
+                            "log_every", "checkpoint_every", "keep_checkpoints")},
+    **{k: (-1,) for k in ("seed", "eval_every", "data.eval_size", "data.train_size",
+                          "data.holdout_seed", "data.max_prompt_length", "optim.warmup_steps")},
+    "data.max_length": (1, 0, -1),
+    **{k: ("bogus", "") for k in ("on_nonfinite", "best_mode", "data.on_malformed",
+                                  "data.on_empty", "data.truncation", "data.holdout",
+                                  "data.format", "optim.schedule", "model.dtype",
+                                  "model.param_dtype", "model.remat")},
+    "data.buckets": ((0,), ("64",), (64, -1)),
+    "optim.learning_rate": (0.0, -1e-3, float("nan"), float("inf")),
+    "optim.grad_clip": (0.0, -1.0, float("nan")),
+    "optim.weight_decay": (-0.1, float("nan")),
+    **{f"mesh.{axis}": (0, -2) for axis in ("data", "fsdp", "tensor")},
+}
+
+
+def _set(config, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        config = config[p]
+    config[leaf] = value
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED))
+def test_every_refused_value_is_named_before_any_compute(key):
+    one = jax.devices()[:1]
+    for value in REFUSED[key]:
+        config = _load(QUICKSTART)
+        _set(config, key, value)
+        with pytest.raises((ValueError, TypeError), match=re.escape(f"config.{key}=")):
+            train.check_config(config, one)
+    train.check_config(_load(QUICKSTART), one)  # the unchanged config passes
+
+
 _TWO_DEVICES = """
 import sys
 from alignjax import train
