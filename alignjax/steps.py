@@ -76,6 +76,9 @@ def train_step(state: TrainState, batch: Batch, frozen: Any, *, graphdef: nnx.Gr
                micro_batches: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on `batch`, accumulated over `micro_batches` equal slices.
 
+    When the loss or the gradient norm is not finite the update is not applied (metric
+    `train/nonfinite` is 1): the returned state holds the old parameters and optimiser state.
+
     Args:
       state: the donated training state.
       batch: arrays with a leading batch axis, divisible by `micro_batches`.
@@ -114,9 +117,16 @@ def train_step(state: TrainState, batch: Batch, frozen: Any, *, graphdef: nnx.Gr
         metrics = merge_metrics(stacked)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "train/loss": loss, "train/grad_norm": optax.tree.norm(grads),
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient is never applied: parameters and optimiser state stay as
+    # they were (the step count still advances with the data); `train/nonfinite` tells the loop.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+    metrics = {**metrics, "train/loss": loss, "train/grad_norm": grad_norm,
                "train/param_norm": optax.tree.norm(params),
-               "train/update_norm": optax.tree.norm(updates)}
+               "train/update_norm": optax.tree.norm(updates),
+               "train/nonfinite": 1.0 - finite.astype(jnp.float32)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

@@ -1,20 +1,28 @@
 """The offline runner: `run(config, workdir)` sets a run up, `fit(...)` is its training loop.
 
-Workdir layout: config.json (resolved config), data_counts.json (rows read, dropped, truncated),
-metrics.jsonl and tensorboard/ (`alignjax.metrics`), checkpoints/ and best/
-(`alignjax.checkpoint`), export/ (Hugging Face format, at the end). Re-running the same
-command resumes from the last checkpoint (parameters, optimiser, step, RNG, data position); a
-finished run is not trained again.
+Workdir layout: config.json (resolved config), data_counts.json (rows read, dropped, truncated;
+also printed at the start and at the end), metrics.jsonl and tensorboard/ (`alignjax.metrics`),
+checkpoints/ and best/ (`alignjax.checkpoint`), export/ (Hugging Face format, at the end),
+nonfinite/<step>/ (batch and state of a step whose loss or gradients were not finite).
+Re-running the same command resumes from the last good checkpoint (parameters, optimiser, step,
+RNG, data position); a finished run is not trained again.
+
+The config is checked (`check_config`) before anything is read or computed. A step whose loss or
+gradients are not finite is not applied (`steps.train_step`); the run then stops, or skips the
+batch and goes on (`config.on_nonfinite`: "stop" or "skip"), naming the step and the batch's
+examples either way.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import glob
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -45,12 +53,105 @@ def _write_json(workdir: str, name: str, obj) -> None:
             json.dump(obj, f, indent=2)
 
 
+# Keys the runner checks before it reads or computes anything: integers with their least value,
+# positive floats, booleans and choices.
+_AT_LEAST = {"steps": 1, "batch_size": 1, "eval_batch_size": 1, "micro_batches": 1,
+             "log_every": 1, "eval_every": 0, "checkpoint_every": 1, "keep_checkpoints": 1,
+             "seed": 0, "data.max_length": 2, "data.max_prompt_length": 0, "data.eval_size": 0,
+             "data.train_size": 0, "data.holdout_seed": 0, "optim.warmup_steps": 0}
+_POSITIVE_FLOATS = ("optim.learning_rate", "optim.grad_clip")
+_DTYPES = ("float32", "bfloat16", "float16")
+_BOOLS = ("export", "eval_at_start", "ref_cache")
+_CHOICES = {"on_nonfinite": ("stop", "skip"), "best_mode": ("min", "max"),
+            "data.on_malformed": ("raise", "skip"), "data.on_empty": ("keep", "drop", "raise"),
+            "data.holdout": ("last", "random"), "data.truncation": ("keep_end", "cut_response",
+                                                                    "drop"),
+            "optim.schedule": ("cosine", "linear", "constant"), "model.dtype": _DTYPES,
+            "model.param_dtype": _DTYPES, "model.remat": ("none", "full", "dots")}
+
+
+def _get(config, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def check_config(config: ml_collections.ConfigDict,
+                 devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """Fails on settings the run cannot use, before anything is read or computed.
+
+    Args:
+      config: the run's config.
+      devices: the devices of the mesh (default: all of them).
+
+    Returns:
+      The mesh of `config.mesh` over `devices`.
+
+    Raises:
+      ValueError / TypeError naming the `config.<key>` at fault: a count that is not an
+      integer or too small, a rate that is not a positive number, an unknown choice, bucket
+      lengths that are not positive integers, mesh sizes that are not -1 or positive or do not
+      match the devices, a batch that the micro-batches or the mesh's batch shards (or the
+      processes) do not divide.
+    """
+    for axis, size in config.mesh.items():
+        if not isinstance(size, int) or isinstance(size, bool) or not (size == -1 or size >= 1):
+            raise ValueError(f"config.mesh.{axis}={size!r}: expected -1 or a positive integer")
+    mesh = sharding.make_mesh(**config.mesh, devices=devices)
+    for key, least in _AT_LEAST.items():
+        value = _get(config, key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"config.{key}={value!r}: expected an integer")
+        if value < least:
+            raise ValueError(f"config.{key}={value}: must be at least {least}")
+    for key in _POSITIVE_FLOATS:
+        value = _get(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or value == float("inf"):
+            raise ValueError(f"config.{key}={value!r}: expected a positive number")
+    decay = config.optim.weight_decay
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1e9:
+        raise ValueError(f"config.optim.weight_decay={decay!r}: expected a number >= 0")
+    if config.data.format not in data_lib.FORMATS:
+        raise ValueError(f"config.data.format={config.data.format!r}: expected one of "
+                         f"{sorted(data_lib.FORMATS)}")
+    for key in _BOOLS:
+        if not isinstance(_get(config, key), bool):
+            raise TypeError(f"config.{key}={_get(config, key)!r}: expected True or False")
+    for key, choices in _CHOICES.items():
+        if _get(config, key) not in choices:
+            raise ValueError(f"config.{key}={_get(config, key)!r}: expected one of {choices}")
+    buckets = config.data.buckets or ()
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in buckets):
+        raise ValueError(f"config.data.buckets={buckets!r}: expected positive integer lengths")
+    d = config.data
+    if d.max_prompt_length >= d.max_length:
+        raise ValueError(f"config.data.max_prompt_length={d.max_prompt_length}: must be below "
+                         f"config.data.max_length={d.max_length} (0: the default)")
+    b, m = config.batch_size, config.micro_batches
+    if b % m:
+        raise ValueError(f"config.batch_size={b} is not divisible by config.micro_batches={m}")
+    shards = sharding.batch_shard_count(mesh)
+    if (b // m) % shards:
+        raise ValueError(f"config.batch_size={b}: each of the config.micro_batches={m} "
+                         f"micro-batches ({b // m} rows) must split evenly over the {shards} "
+                         f"batch shards of config.mesh={dict(mesh.shape)}")
+    if b % jax.process_count():
+        raise ValueError(f"config.batch_size={b} is not divisible by the "
+                         f"{jax.process_count()} processes")
+    return mesh
+
+
 def export(model, tokenizer, workdir: str) -> str:
-    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0)."""
+    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0).
+
+    What an export killed half-way left behind (`export.tmp`, `.tmp-export-*`) is removed first.
+    """
     out = os.path.join(workdir, "export")
     if jax.process_index() == 0:
         tmp = out + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in [tmp, *glob.glob(os.path.join(workdir, ".tmp-export-*"))]:
+            shutil.rmtree(leftover, ignore_errors=True)
         models.save_hf(model, tmp, tokenizer=tokenizer)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
@@ -61,7 +162,8 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
         to_device: Callable[[dict], dict], checkpointer: checkpoint.Checkpointer,
         writer: metrics_lib.Writer, evaluate: Callable[[Any], dict] | None = None,
         frozen: Any = None, log_every: int = 1, eval_every: int = 0,
-        desc: str = "train") -> tuple[steps.TrainState, dict[str, float]]:
+        desc: str = "train", on_nonfinite: Callable[..., None] | None = None,
+        ) -> tuple[steps.TrainState, dict[str, float]]:
     """Steps `state` to `num_steps`: logs, evaluates, checkpoints (the final step always).
 
     Args:
@@ -77,6 +179,8 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
       log_every: train metrics every this many steps (and at the last).
       eval_every: evaluation every this many steps (and at the last); 0 only at the last.
       desc: the progress bar's label.
+      on_nonfinite: `on_nonfinite(step, host batch, state, metrics)`, called after a step that
+        was not applied (`train/nonfinite`); it may raise to stop the run.
 
     Returns:
       The final state and the metrics logged at the last step.
@@ -89,6 +193,8 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
         tokens += int(sum(np.sum(v) for k, v in host.items() if k.endswith("attention_mask")))
         state, metrics = train_step(state, to_device(host), frozen)
         done = step + 1
+        if on_nonfinite is not None and float(metrics["train/nonfinite"]):
+            on_nonfinite(done, host, state, metrics)
         logged = {}
         if done % log_every == 0 or done == num_steps:
             logged = metrics_lib.to_host(metrics)
@@ -113,18 +219,20 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.objective` as configured; returns the last logged metrics."""
     objective = objectives.make(config.objective, config.loss.to_dict())
+    mesh = check_config(config)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-    mesh = sharding.make_mesh(**config.mesh)
     # data file errors surface before the model loads
-    train_ex, eval_ex, counts = data_lib.split_examples(config, workdir)
+    eval_counts = collections.Counter()
+    train_ex, eval_ex, counts = data_lib.split_examples(config, workdir, eval_counts=eval_counts)
     train_ex, eval_ex = _as_inputs(objective, train_ex), _as_inputs(objective, eval_ex)
     model, _, tokenizer = models.load(config.model, mesh, head=objective.head)
     tok_kw = data_lib.tokenize_kwargs(config)
     train_data = data_lib.tokenize(train_ex, tokenizer, counts=counts, **tok_kw)
-    eval_data = data_lib.tokenize(eval_ex, tokenizer, **tok_kw) if eval_ex else None
+    eval_data = (data_lib.tokenize(eval_ex, tokenizer, counts=eval_counts, **tok_kw)
+                 if eval_ex else None)
     all_counts = {"train": dict(train_data.counts),
                   "eval": dict(eval_data.counts) if eval_data is not None else {}}
     _write_json(workdir, "data_counts.json", all_counts)
@@ -188,6 +296,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             host = train_cache.add_to(host)
         return evaluate_lib.to_device(host, mesh)
 
+    def on_nonfinite(step: int, host: dict, state: steps.TrainState, metrics: dict) -> None:
+        where = os.path.join(workdir, "nonfinite", str(step))
+        ids = [int(i) for i in host["example_id"] if i >= 0]
+        if jax.process_index() == 0:
+            os.makedirs(where, exist_ok=True)
+            np.savez(os.path.join(where, "batch.npz"), **host)
+        checkpoint.save_state(os.path.join(where, "state"), state)
+        origins = [train_ex[i].origin for i in ids]
+        message = (f"step {step}: the loss or the gradients are not finite (train/loss="
+                   f"{float(metrics['train/loss'])}, train/grad_norm="
+                   f"{float(metrics['train/grad_norm'])}); the update was not applied. The batch "
+                   f"holds examples {ids} ({', '.join(origins[:8])}"
+                   f"{' ...' if len(origins) > 8 else ''}); batch and state saved in {where}")
+        if config.on_nonfinite == "stop":
+            raise FloatingPointError(f"{message}. Stopping (config.on_nonfinite='stop')")
+        tqdm.write(f"{message}. Skipped (config.on_nonfinite='skip')")
+
     try:
         if start >= config.steps:
             tqdm.write(f"{workdir}: already trained to step {start} (config.steps="
@@ -202,11 +327,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state, last = fit(state, train_step, batches, num_steps=config.steps,
                               to_device=to_device, checkpointer=ckpt, writer=writer,
                               evaluate=evaluate, frozen=frozen, log_every=config.log_every,
-                              eval_every=config.eval_every, desc=config.objective)
+                              eval_every=config.eval_every, desc=config.objective,
+                              on_nonfinite=on_nonfinite)
     finally:
         ckpt.close()
         writer.close()
     if config.export and (start < config.steps
                           or not os.path.isdir(os.path.join(workdir, "export"))):
         export(nnx.merge(graphdef, state.params), tokenizer, workdir)
+    tqdm.write(f"data: {all_counts}")
     return last

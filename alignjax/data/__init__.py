@@ -50,8 +50,11 @@ hosts), L a bucket length (`collate.bucket_length`). All arrays are int32 unless
               (pass segment_ids and positions to the model: no attention across examples)
 
 Counts (a `collections.Counter`, names in `records`): rows, malformed_skipped,
-identical_pairs_dropped, no_preference_dropped, hh_prompt_from_common_prefix, examples,
-truncated_prompt, truncated_response, dropped_too_long, tokenized, packed_rows.
+identical_pairs_dropped, no_preference_dropped, hh_prompt_from_common_prefix,
+empty_response_kept, empty_response_dropped, examples, truncated_prompt, truncated_response,
+dropped_too_long, tokenized, packed_rows. Every row read is kept or counted as dropped:
+rows = examples + malformed_skipped + identical_pairs_dropped + no_preference_dropped +
+empty_response_dropped; a damaged line counts as a row (malformed when skipped).
 
 The real data lives outside the repository: `readers.shared_data_dir()` reads
 `$ALIGNJAX_SHARED_DATA` (default `../shared/data` next to the repository root).

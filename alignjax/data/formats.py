@@ -35,10 +35,17 @@ from alignjax.data import records as R
 from alignjax.data.records import Example, MalformedRowError, Messages
 
 
+class _EmptyResponse(Exception):
+    """A row dropped for an empty response (on_empty="drop")."""
+
+
 class Fields:
     """A raw row read through a field-name map; errors name the location and the field."""
 
-    def __init__(self, row: Any, location: str, names: Mapping[str, str]):
+    def __init__(self, row: Any, location: str, names: Mapping[str, str], on_empty: str = "keep"):
+        self.on_empty, self.empty = on_empty, False
+        if isinstance(row, R.UnreadableRow):
+            raise MalformedRowError(location, None, row.problem)
         if not isinstance(row, Mapping):
             raise MalformedRowError(
                 location, "<row>", f"expected an object, got {type(row).__name__}"
@@ -61,6 +68,21 @@ class Fields:
             raise MalformedRowError(
                 self.location, key, f"expected {names}, got {type(value).__name__}"
             )
+        return value
+
+    def text(self, field: str) -> str:
+        """A response-like string field; an empty one (or only spaces) is kept, dropped or
+        raised as `on_empty` says (`parse_rows` counts it)."""
+        return self.check_empty(field, self.get(field))
+
+    def check_empty(self, field: str, value: str) -> str:
+        if not value.strip():
+            self.empty = True
+            if self.on_empty == "raise":
+                raise self.error(field, f"empty ({value!r}): nothing to train on "
+                                        "(on_empty='raise')")
+            if self.on_empty == "drop":
+                raise _EmptyResponse
         return value
 
     def error(self, field: str, problem: str) -> MalformedRowError:
@@ -109,16 +131,17 @@ def parse_sft(f: Fields, counts: collections.Counter[str]) -> R.SFTExample:
             raise f.error("messages", "the last message must be an assistant turn")
         if msgs[0]["role"] == "assistant":
             raise f.error("messages", "the first message must not be an assistant turn")
+        f.check_empty("messages", msgs[-1]["content"])
         return R.SFTExample(msgs, f.location)
     prompt = f.prompt("prompt")
-    response = {"role": "assistant", "content": f.get("response")}
+    response = {"role": "assistant", "content": f.text("response")}
     return R.SFTExample((*prompt, response), f.location)
 
 
 def _final_assistant(f: Fields, field: str, msgs: Messages) -> str:
     if len(msgs) != 1 or msgs[0]["role"] != "assistant":
         raise f.error(field, "expected the prompt followed by exactly one assistant message")
-    return msgs[0]["content"]
+    return f.check_empty(field, msgs[0]["content"])
 
 
 def parse_preference(f: Fields, counts: collections.Counter[str]) -> R.PairExample | None:
@@ -129,7 +152,7 @@ def parse_preference(f: Fields, counts: collections.Counter[str]) -> R.PairExamp
     """
     chosen, rejected = f.get("chosen", (str, list)), f.get("rejected", (str, list))
     if isinstance(chosen, str) and isinstance(rejected, str):
-        return _pair(f, counts, f.prompt("prompt"), chosen, rejected)
+        return _pair(f, counts, f.prompt("prompt"), f.text("chosen"), f.text("rejected"))
     c_msgs, r_msgs = f.messages("chosen"), f.messages("rejected")
     if f.has("prompt"):
         prompt = f.prompt("prompt")
@@ -171,7 +194,7 @@ def parse_hh_rlhf(f: Fields, counts: collections.Counter[str]) -> R.PairExample 
 
 def parse_pku_saferlhf(f: Fields, counts: collections.Counter[str]) -> R.PairExample | None:
     """PKU-SafeRLHF: `response_0`/`response_1` and the id (0/1) of the preferred one."""
-    responses = (f.get("response_0"), f.get("response_1"))
+    responses = (f.text("response_0"), f.text("response_1"))
     preferred = f.get("preferred_id", int)
     if preferred not in (0, 1):
         raise f.error("preferred_id", f"expected 0 or 1, got {preferred!r}")
@@ -180,7 +203,7 @@ def parse_pku_saferlhf(f: Fields, counts: collections.Counter[str]) -> R.PairExa
 
 def parse_judge_annotation(f: Fields, counts: collections.Counter[str]) -> R.PairExample | None:
     """AlpacaEval annotations: `preference` 1 (output_1 wins) or 2; ties are dropped."""
-    out1, out2 = f.get("output_1"), f.get("output_2")
+    out1, out2 = f.text("output_1"), f.text("output_2")
     preference = f.get("preference", (int, float))
     if out1 == out2:
         counts[R.IDENTICAL_PAIRS] += 1
@@ -197,12 +220,13 @@ def parse_unpaired(f: Fields, counts: collections.Counter[str]) -> R.UnpairedExa
     label = f.get("label", (bool, int))
     if label not in (0, 1):
         raise f.error("label", f"expected a boolean, got {label!r}")
-    return R.UnpairedExample(f.prompt("prompt"), f.get("completion"), bool(label), f.location)
+    return R.UnpairedExample(f.prompt("prompt"), f.text("completion"), bool(label), f.location)
 
 
 def parse_correction(f: Fields, counts: collections.Counter[str]) -> R.CorrectionExample:
     """Aligner: `question`, original `answer` and its `correction`."""
-    return R.CorrectionExample(f.get("question"), f.get("answer"), f.get("correction"), f.location)
+    return R.CorrectionExample(f.get("question"), f.get("answer"), f.text("correction"),
+                               f.location)
 
 
 def parse_prompt(f: Fields, counts: collections.Counter[str]) -> R.PromptExample:
@@ -242,6 +266,7 @@ def parse_rows(
     fields: Mapping[str, str] | None = None,
     on_malformed: str = "raise",
     counts: collections.Counter[str] | None = None,
+    on_empty: str = "keep",
 ) -> tuple[list[Example], collections.Counter[str]]:
     """Parses `(location, row)` pairs (from `alignjax.data.readers`) into examples.
 
@@ -252,6 +277,9 @@ def parse_rows(
       on_malformed: "raise" (a `MalformedRowError` naming file, line and field) or "skip"
         (skipped rows are counted under `malformed_skipped`).
       counts: a counter to add to (a new one by default).
+      on_empty: a response that is empty or only spaces: "keep" (counted under
+        `empty_response_kept`), "drop" (counted under `empty_response_dropped`) or "raise" (a
+        `MalformedRowError` naming file, line and field). Prompts are never checked.
 
     Returns:
       (examples, counts) with the counter names of `alignjax.data.records`.
@@ -260,6 +288,8 @@ def parse_rows(
         raise ValueError(f"unknown data format {format!r}; expected one of {sorted(FORMATS)}")
     if on_malformed not in ("raise", "skip"):
         raise ValueError(f"on_malformed={on_malformed!r}: expected 'raise' or 'skip'")
+    if on_empty not in ("keep", "drop", "raise"):
+        raise ValueError(f"on_empty={on_empty!r}: expected 'keep', 'drop' or 'raise'")
     fmt = FORMATS[format]
     names = {**fmt.fields, **(fields or {})}
     counts = collections.Counter() if counts is None else counts
@@ -267,12 +297,18 @@ def parse_rows(
     for location, row in rows:
         counts[R.ROWS] += 1
         try:
-            example = fmt.parse(Fields(row, location, names), counts)
+            fields = Fields(row, location, names, on_empty)
+            example = fmt.parse(fields, counts)
         except MalformedRowError:
             if on_malformed == "raise":
                 raise
             counts[R.MALFORMED_SKIPPED] += 1
             continue
+        except _EmptyResponse:
+            counts[R.EMPTY_DROPPED] += 1
+            continue
+        if fields.empty:
+            counts[R.EMPTY_KEPT] += 1
         if example is not None:
             examples.append(example)
     counts[R.EXAMPLES] += len(examples)

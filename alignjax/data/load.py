@@ -30,7 +30,7 @@ def _rows(
         return read_tfds_rows(name, split=split, data_dir=data_dir)
     if kwargs:
         raise ValueError(f"{source}: {sorted(kwargs)} only apply to hf: sources")
-    return readers.read_rows(source)
+    return readers.read_rows(source, bad_lines="yield")
 
 
 def load_examples(
@@ -39,6 +39,7 @@ def load_examples(
     *,
     fields: Mapping[str, str] | None = None,
     on_malformed: str = "raise",
+    on_empty: str = "keep",
     split: str | None = None,
     data_dir: str | None = None,
     **hf_kwargs: Any,
@@ -51,7 +52,8 @@ def load_examples(
         dataset, see `alignjax.data.tfds_builder`), or a list of them, concatenated in order.
       format: a key of `alignjax.data.formats.FORMATS`.
       fields: field-name overrides (canonical -> row key).
-      on_malformed: "raise" or "skip" (counted).
+      on_malformed: "raise" or "skip" (counted), for rows that are malformed or unreadable.
+      on_empty: an empty response: "keep" or "drop" (counted) or "raise" (`parse_rows`).
       split: the split of an "hf:" or "tfds:" source.
       data_dir: the TFDS data directory of a "tfds:" source.
       **hf_kwargs: passed to `datasets.load_dataset`.
@@ -69,6 +71,7 @@ def load_examples(
             fields=fields,
             on_malformed=on_malformed,
             counts=counts,
+            on_empty=on_empty,
         )
         examples.extend(more)
     return examples, counts

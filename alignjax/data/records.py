@@ -24,11 +24,13 @@ Message = Mapping[str, str]
 Messages = tuple[Message, ...]
 
 # Counter names (fixed, like metric names). Reading and parsing:
-ROWS = "rows"  # raw rows read from the source
+ROWS = "rows"  # raw rows read from the source (and unreadable lines of JSON Lines files)
 MALFORMED_SKIPPED = "malformed_skipped"  # rows skipped with on_malformed="skip"
 IDENTICAL_PAIRS = "identical_pairs_dropped"  # chosen == rejected
 NO_PREFERENCE = "no_preference_dropped"  # judge gave no winner (AlpacaEval preference 0)
 HH_COMMON_PREFIX = "hh_prompt_from_common_prefix"  # transcripts disagree before their last turn
+EMPTY_KEPT = "empty_response_kept"  # a response empty or only spaces, kept (on_empty="keep")
+EMPTY_DROPPED = "empty_response_dropped"  # such rows dropped (on_empty="drop")
 EXAMPLES = "examples"  # examples kept after parsing
 # Tokenization and truncation (alignjax.data.tokenization):
 TRUNCATED_PROMPT = "truncated_prompt"
@@ -39,16 +41,25 @@ PACKED_ROWS = "packed_rows"  # rows made by alignjax.data.packing
 
 
 class MalformedRowError(ValueError):
-    """A raw row lacks a field or has one of the wrong type.
+    """A raw row lacks a field, has one of the wrong type or an empty one, or is unreadable.
 
     The message names the file, the line (or row) and the field, e.g.
-    `data/train.jsonl:17: field 'chosen': missing (row has 'prompt', 'rejected')`.
+    `data/train.jsonl:17: field 'chosen': missing (row has 'prompt', 'rejected')`, or
+    `data/train.jsonl:18: invalid JSON: ...` for a line that is no row at all (field None).
     """
 
-    def __init__(self, location: str, field: str, problem: str):
-        super().__init__(f"{location}: field '{field}': {problem}")
+    def __init__(self, location: str, field: str | None, problem: str):
+        where = f"{location}: field '{field}'" if field is not None else location
+        super().__init__(f"{where}: {problem}")
         self.location = location
         self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableRow:
+    """A line of a data file that is no row (not UTF-8, not JSON): what is wrong with it."""
+
+    problem: str
 
 
 @dataclasses.dataclass(frozen=True)

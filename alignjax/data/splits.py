@@ -40,9 +40,12 @@ def resolve_sources(sources: str | Sequence[str], key: str) -> list[str]:
     return out
 
 
-def split_examples(config, workdir: str
+def split_examples(config, workdir: str, *, eval_counts: collections.Counter[str] | None = None
                    ) -> tuple[list[Example], list[Example], collections.Counter[str]]:
     """(train examples, held-out examples, parse counts) as `config.data` selects them.
+
+    The parse counts are those of the training sources; the counts of a separate held-out source
+    (`config.data.eval`) are added to `eval_counts` when it is given.
 
     The held-out examples are `config.data.eval` when set, else `eval_size` examples held out
     from the training sources: the last ones (`holdout="last"`) or a random subset
@@ -56,10 +59,12 @@ def split_examples(config, workdir: str
         train_sources = [write_quickstart(os.path.join(workdir, "quickstart.jsonl"))]
     else:
         train_sources = resolve_sources(d.train, "train")
-    examples, counts = load_examples(train_sources, d.format, on_malformed=d.on_malformed)
+    quality = {"on_malformed": d.on_malformed, "on_empty": d.on_empty}
+    examples, counts = load_examples(train_sources, d.format, **quality)
     if d.eval:
-        eval_examples, _ = load_examples(resolve_sources(d.eval, "eval"), d.format,
-                                         on_malformed=d.on_malformed)
+        eval_examples, more = load_examples(resolve_sources(d.eval, "eval"), d.format, **quality)
+        if eval_counts is not None:
+            eval_counts.update(more)
     else:  # hold out `eval_size` examples: the last ones, or a random subset
         n = d.eval_size
         if n >= len(examples):
