@@ -68,7 +68,8 @@ class SampleResult(NamedTuple):
       mask_BT: 1 on the response: the generated tokens up to and including the first stop token.
       logps_BT: log-probs of the tokens under the sampling distribution (0 where masked).
       model_logps_BT: log-probs under the model at temperature 1 without truncation (0 where
-        masked); these equal the trainer's `token_logps` of the same sequences.
+        masked); the trainer's `token_logps` of the same sequences up to float32 rounding
+        (XLA:CPU rounds products of 2-56 rows differently from larger ones).
       finish_reason_B: index into `FINISH_REASONS`: 0 "stop" (a stop token), 1 "length".
       num_steps: tokens decoded per row before the loop ended (T, or fewer when every row
         stopped early); columns from num_steps on are padding.
