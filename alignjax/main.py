@@ -1,9 +1,10 @@
 """The one entry point: `python -m alignjax.main --config configs/<exp>.py --workdir DIR`.
 
-The config's `job` picks what runs: "train" (the default, `alignjax.train.run`) or "sample"
-(`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl). The sample
-job adds `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS
-already chooses the YNNPACK fusion types.
+The config's `job` picks what runs: "train" (the default, `alignjax.train.run`), "sample"
+(`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl), "online_dpo"
+(`alignjax.online_dpo.run`) or "rl" (`alignjax.rl.loop.run`: PPO, GRPO, RLOO, REINFORCE).
+The sampling jobs add `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding)
+unless XLA_FLAGS already chooses the YNNPACK fusion types.
 
 Any config leaf can be overridden: `--config.steps=100 --config.optim.learning_rate=1e-5`.
 Multi-host runs call `jax.distributed.initialize()` first (`--distributed`).
@@ -31,7 +32,8 @@ def main(argv):
     del argv
     job = _CONFIG.value.get("job", "train")
     flags_now = os.environ.get("XLA_FLAGS", "")
-    if job in ("sample", "online_dpo") and "ynn_fusion_type" not in flags_now:  # before JAX starts
+    if job in ("sample", "online_dpo", "rl") and "ynn_fusion_type" not in flags_now:
+        # before JAX starts
         os.environ["XLA_FLAGS"] = f"{flags_now} {_DECODE_FLAGS}".strip()
     import jax
     from absl import logging
@@ -52,8 +54,13 @@ def main(argv):
         from alignjax import online_dpo
 
         final = online_dpo.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "rl":
+        from alignjax.rl import loop
+
+        final = loop.run(_CONFIG.value, _WORKDIR.value)
     else:
-        raise ValueError(f"config.job={job!r}: expected 'train', 'sample' or 'online_dpo'")
+        raise ValueError(f"config.job={job!r}: expected 'train', 'sample', 'online_dpo' or "
+                         "'rl'")
     print(json.dumps(final, indent=2, sort_keys=True))
 
 
