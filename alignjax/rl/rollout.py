@@ -103,6 +103,69 @@ def _timed(seconds: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
+class Forwards:
+    """The jitted forward passes of a rollout on a [prompt | response] batch.
+
+    `policy(params, batch) -> (logps_BL, entropy_BL)`, `reference(params, batch) -> logps_BL`
+    (both as `objectives.token_logps`, which the objectives differentiate) and, with a critic,
+    `critic(params, batch) -> values_BL` aligned to tokens (`values_before_tokens`).
+    """
+
+    def __init__(self, graphdef, mesh, critic_graphdef=None):
+        def policy(params, batch):
+            # as `objectives.token_logps`, and the entropy from the same hidden states
+            model = nnx.merge(graphdef, params)
+            h_BLD = model.hidden(batch["input_ids"], batch["attention_mask"])
+            w_DV = model.output_embedding()
+            logps = token_logprobs_from_hidden(h_BLD, w_DV, batch["input_ids"],
+                                               chunk_size=LOGPROB_CHUNK)
+            return logps, token_entropy_from_hidden(h_BLD, w_DV, chunk_size=LOGPROB_CHUNK)
+
+        self.policy = sharding.under(mesh, jax.jit(policy))
+        self.reference = sharding.under(mesh, jax.jit(
+            lambda p, b: token_logps(nnx.merge(graphdef, p), b)))
+        self.critic = None
+        if critic_graphdef is not None:
+            self.critic = sharding.under(mesh, jax.jit(lambda p, b: values_before_tokens(
+                nnx.merge(critic_graphdef, p)(b["input_ids"], b["attention_mask"]))))
+
+
+def assemble(forwards: Forwards, params, ref_params, batch: dict[str, np.ndarray],
+             eos: np.ndarray, raw_scores: np.ndarray, *, critic_params=None,
+             no_eos_penalty: float = 0.0, prompts: Sequence[str] = (),
+             responses: Sequence[str] = (), seconds: dict[str, float] | None = None
+             ) -> Rollout:
+    """The forward passes over a scored batch, and the `Rollout` of it.
+
+    Args:
+      forwards: the compiled passes.
+      params, ref_params, critic_params: policy, reference and critic (None: no critic).
+      batch: input_ids, attention_mask, loss_mask [B, L] (`SampleResult.batch`).
+      eos: [B] True where the response ends with a stop token.
+      raw_scores: [B] the reward.
+      no_eos_penalty: subtracted from the score where `eos` is False.
+      prompts, responses: the texts (bookkeeping).
+      seconds: phase times so far; the forwards add "reference", "policy" and "critic".
+    """
+    seconds = {} if seconds is None else seconds
+    batch = {k: np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "loss_mask")}
+    raw = np.asarray(raw_scores, np.float32)
+    eos = np.asarray(eos, bool)
+    scores = raw - np.float32(no_eos_penalty) * (~eos).astype(np.float32)
+    ref_logps = _timed(seconds, "reference", lambda: forwards.reference(ref_params, batch))
+    logps, entropy = _timed(seconds, "policy", lambda: forwards.policy(params, batch))
+    mask = batch["loss_mask"]
+    host = lambda x: np.where(mask != 0, np.asarray(jax.device_get(x)), 0.0)  # noqa: E731
+    values = np.zeros(mask.shape, np.float32)
+    if forwards.critic is not None and critic_params is not None:
+        values = host(_timed(seconds, "critic", lambda: forwards.critic(critic_params, batch)))
+    return Rollout(batch["input_ids"], batch["attention_mask"], mask,
+                   host(logps).astype(np.float32), host(ref_logps).astype(np.float32),
+                   host(entropy).astype(np.float32), values.astype(np.float32),
+                   scores.astype(np.float32), raw, eos, list(prompts), list(responses),
+                   seconds)
+
+
 class Rollouts:
     """Samples, scores and runs the forward passes of a rollout (see the module docstring).
 
@@ -131,23 +194,7 @@ class Rollouts:
         self.sampler = sampler_lib.make_sampler(
             graphdef, cfg, max_new_tokens=max_new_tokens, prompt_buckets=tuple(prompt_buckets),
             stop_token_ids=stops, pad_token_id=tokenizer.pad_token_id, mesh=mesh)
-
-        def policy(params, batch):
-            # as `objectives.token_logps`, and the entropy from the same hidden states
-            model = nnx.merge(graphdef, params)
-            h_BLD = model.hidden(batch["input_ids"], batch["attention_mask"])
-            w_DV = model.output_embedding()
-            logps = token_logprobs_from_hidden(h_BLD, w_DV, batch["input_ids"],
-                                               chunk_size=LOGPROB_CHUNK)
-            return logps, token_entropy_from_hidden(h_BLD, w_DV, chunk_size=LOGPROB_CHUNK)
-
-        self._policy = sharding.under(mesh, jax.jit(policy))
-        self._logps = sharding.under(mesh, jax.jit(
-            lambda p, b: token_logps(nnx.merge(graphdef, p), b)))
-        self._critic = None
-        if critic_graphdef is not None:
-            self._critic = sharding.under(mesh, jax.jit(lambda p, b: values_before_tokens(
-                nnx.merge(critic_graphdef, p)(b["input_ids"], b["attention_mask"]))))
+        self.forwards = Forwards(graphdef, mesh, critic_graphdef)
 
     def decode(self, tokens: np.ndarray, length: int) -> str:
         toks = [int(t) for t in tokens[:length]]
@@ -179,18 +226,6 @@ class Rollouts:
                                        lambda: self.sample(params, prompt_ids, rng, n=n))
         prompts = [prompt_texts[r // n] for r in range(len(responses))]
         raw = _timed(seconds, "scoring", lambda: self.score(batch, prompts, responses))
-        scores = raw - np.float32(self.no_eos_penalty) * (~eos).astype(np.float32)
-        ref_logps = _timed(seconds, "reference", lambda: self._logps(ref_params, batch))
-        logps, entropy = _timed(seconds, "policy", lambda: self._policy(params, batch))
-        values = np.zeros(batch["input_ids"].shape, np.float32)
-        if self._critic is not None and critic_params is not None:
-            values = np.asarray(jax.device_get(_timed(seconds, "critic",
-                                                      lambda: self._critic(critic_params,
-                                                                           batch))))
-        mask = batch["loss_mask"]
-        host = lambda x: np.where(mask != 0, np.asarray(jax.device_get(x)), 0.0)  # noqa: E731
-        return Rollout(batch["input_ids"], batch["attention_mask"], mask, host(logps),
-                       host(ref_logps), host(entropy), np.where(mask != 0, values, 0.0),
-                       scores.astype(np.float32), raw.astype(np.float32), eos, prompts,
-                       responses, seconds)
-
+        return assemble(self.forwards, params, ref_params, batch, eos, raw,
+                        critic_params=critic_params, no_eos_penalty=self.no_eos_penalty,
+                        prompts=prompts, responses=responses, seconds=seconds)
