@@ -249,6 +249,7 @@ def test_kl_in_the_loss_matches_numpy(world, name, loss_config):
     np.testing.assert_allclose(float(metrics["ppo/ratio"]), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # two gradient compilations, about 20 s
 def test_gspo_sequence_ratio_gradient_is_the_mean_token_score(world):
     """GSPO at ratio 1: the gradient is -(1/B) sum_i A_i mean_t grad log pi(y_it), which is
     GRPO's with sequence means."""
