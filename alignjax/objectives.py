@@ -15,6 +15,9 @@ Batch fields (numpy or jax arrays, leading axis B):
     mismatched sequences kl_input_ids, kl_attention_mask, kl_loss_mask
     (`alignjax.data.as_unpaired`); ref_logps, ref_kl_logps [B] when cached.
 
+  rollout (the RL objectives ppo, grpo, rloo, reinforce and the critic's value): see the RL
+    section below.
+
 Frozen inputs: None, or a `Frozen(graphdef, params)` reference model when the reference
 quantities are not cached.
 """

@@ -115,11 +115,24 @@ def world():
                   scores, critic_params=critic_params, no_eos_penalty=0.25)
     lm, scalar = _forward(graphdef), _forward(critic_graphdef)
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    log_ratio = (_token_logps64(lm(params, ids, mask), batch)
-                 - _token_logps64(lm(ref_params, ids, mask), batch))
+    logits = lm(params, ids, mask)
+    log_ratio = _token_logps64(logits, batch) - _token_logps64(lm(ref_params, ids, mask), batch)
     return {"batch": batch, "ro": ro, "scores": scores, "graphdef": graphdef, "params": params,
-            "rm": lambda i: scalar(nnx.split(rm)[1], i),
+            "rm": lambda i: scalar(nnx.split(rm)[1], i), "logits": logits,
             "critic": scalar(critic_params, ids, mask), "log_ratio": log_ratio}
+
+
+def test_rollout_log_probs_and_entropy_match_numpy(world):
+    """The rollout's old log-probs and its entropy (of the distribution each token was drawn
+    from, at position t - 1) against float64 NumPy on the full logits."""
+    ro, batch, logits = world["ro"], world["batch"], world["logits"]
+    mask = batch["loss_mask"]
+    np.testing.assert_allclose(ro.logps, _token_logps64(logits, batch), rtol=1e-5, atol=1e-5)
+    m = logits.max(-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    entropy = np.zeros(mask.shape)
+    entropy[:, 1:] = -(np.exp(logp) * logp).sum(-1)[:, :-1]
+    np.testing.assert_allclose(ro.entropy, entropy * mask, rtol=1e-5, atol=1e-5)
 
 
 def test_score_and_reward_model_read_the_last_real_token_in_a_real_rollout(world):

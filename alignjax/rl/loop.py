@@ -210,6 +210,11 @@ def _check(config) -> Algorithm:
     if config.samples_per_prompt < algo.min_group:
         raise ValueError(f"config.samples_per_prompt={config.samples_per_prompt}: "
                          f"{config.objective} needs at least {algo.min_group} per prompt")
+    if (config.temperature, config.top_k, config.top_p) != (1.0, 0, 1.0):
+        raise ValueError(f"config.temperature={config.temperature}, config.top_k="
+                         f"{config.top_k}, config.top_p={config.top_p}: the updates read the "
+                         "model's log-probs at temperature 1 without truncation, so the "
+                         "rollouts must be sampled from that distribution (1.0, 0, 1.0)")
     if config.kl.placement not in ("reward", "loss"):
         raise ValueError(f"config.kl.placement={config.kl.placement!r}: expected reward or loss")
     rows = config.prompts_per_iteration * config.samples_per_prompt
