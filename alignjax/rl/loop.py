@@ -324,6 +324,16 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _evaluated(path: str, step: int) -> dict | None:
+    """The held-out metrics of `step` in eval.jsonl (the reference's are evaluated once)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return next(({k: v for k, v in e.items() if k != "step"} for e in rows
+                 if e["step"] == step), None)
+
+
 class _Run:
     """What a run sets up once: models, rollouts, train steps, checkpointer."""
 
@@ -418,11 +428,13 @@ def run(config, workdir: str) -> dict[str, float]:
     last = {}
     try:
         if start == 0:
-            held_out, rows = evaluate(r.rollouts, r.states["policy"].params, r.ref_params,
-                                      r.eval_ids, r.eval_openings, config)
+            held_out = _evaluated(eval_path, 0)  # a run killed before its first checkpoint
+            if held_out is None:
+                held_out, rows = evaluate(r.rollouts, r.states["policy"].params, r.ref_params,
+                                          r.eval_ids, r.eval_openings, config)
+                _write_jsonl(eval_path, [{"step": 0, **held_out}])
+                _write_jsonl(os.path.join(workdir, "samples", "eval_0.jsonl"), rows)
             writer.write(0, held_out)
-            _write_jsonl(eval_path, [{"step": 0, **held_out}])
-            _write_jsonl(os.path.join(workdir, "samples", "eval_0.jsonl"), rows)
         bar = tqdm(total=config.iterations, initial=start, desc=config.objective, unit="iter")
         for it in range(start, config.iterations):
             rng, ctl, metrics, ro = _iteration(r, it, rng, ctl)
