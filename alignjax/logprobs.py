@@ -132,6 +132,48 @@ def token_logprobs_from_hidden(
     return _pad_first_column(logps_BL[:, : length - 1])
 
 
+def token_entropy_from_hidden(
+    hidden_BLD: Array, w_DV: Array, *, chunk_size: int = 256, temperature: float = 1.0
+) -> Array:
+    """Entropy of the next-token distribution, aligned like `token_logprobs_from_hidden`.
+
+    `out[:, t]` is H(pi(. | y_<t)) = logsumexp(z) - sum_v softmax(z)_v z_v of the logits z at
+    position t - 1: the entropy of the distribution token t was drawn from. Column 0 is 0.0.
+    Only one B x chunk_size x V block of logits exists at a time; no gradient is kept (this is a
+    reported statistic, not a loss term).
+
+    Args:
+      hidden_BLD: final hidden states (after the last norm).
+      w_DV: output embedding matrix.
+      chunk_size: sequence positions per chunk.
+      temperature: the logits are divided by it, default 1.
+
+    Returns:
+      entropy_BL in float32 (float64 for float64 inputs).
+    """
+    chex.assert_rank(hidden_BLD, 3)
+    chex.assert_rank(w_DV, 2)
+    batch, length, width = hidden_BLD.shape
+    chunk = min(max(chunk_size, 1), length)
+    num_chunks = -(-length // chunk)
+    pad = num_chunks * chunk - length
+    hidden_BLD = jnp.pad(jax.lax.stop_gradient(hidden_BLD), ((0, 0), (0, pad), (0, 0)))
+    hidden_NBCD = hidden_BLD.reshape(batch, num_chunks, chunk, width).swapaxes(0, 1)
+    out_dtype = jnp.promote_types(jnp.result_type(hidden_BLD, w_DV), jnp.float32)
+
+    def chunk_entropy(hidden_BCD: Array) -> Array:
+        logits_BCV = jnp.einsum("bcd,dv->bcv", hidden_BCD, jax.lax.stop_gradient(w_DV),
+                                preferred_element_type=out_dtype).astype(out_dtype)
+        logits_BCV = logits_BCV / temperature
+        lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+        probs_BCV = jnp.exp(logits_BCV - lse_BC[..., None])
+        return lse_BC - jnp.sum(probs_BCV * logits_BCV, axis=-1)
+
+    entropy_NBC = jax.lax.map(chunk_entropy, hidden_NBCD)
+    entropy_BL = entropy_NBC.swapaxes(0, 1).reshape(batch, num_chunks * chunk)
+    return _pad_first_column(entropy_BL[:, : length - 1])
+
+
 def target_mask(mask_BL: Array) -> Array:
     """The mask as a float array with column 0 (never a prediction target) zeroed."""
     chex.assert_rank(mask_BL, 2)

@@ -2,8 +2,9 @@
 
 The config's `job` picks what runs: "train" (the default, `alignjax.train.run`), "sample"
 (`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl),
-"online_dpo" (`alignjax.online_dpo.run`), "best_of_n" (`alignjax.rl.best_of_n.run`) or
-"rejection_sampling" (`alignjax.rejection_sampling.run`). The jobs that sample add
+"online_dpo" (`alignjax.online_dpo.run`), "rl" (`alignjax.rl.loop.run`: PPO, GRPO, RLOO,
+REINFORCE), "best_of_n" (`alignjax.rl.best_of_n.run`) or "rejection_sampling"
+(`alignjax.rejection_sampling.run`). The jobs that sample add
 `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS already
 chooses the YNNPACK fusion types.
 
@@ -27,7 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 _DECODE_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
-_SAMPLING_JOBS = ("sample", "online_dpo", "best_of_n", "rejection_sampling")
+_SAMPLING_JOBS = ("sample", "online_dpo", "rl", "best_of_n", "rejection_sampling")
 
 
 def main(argv):
@@ -55,6 +56,10 @@ def main(argv):
         from alignjax import online_dpo
 
         final = online_dpo.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "rl":
+        from alignjax.rl import loop
+
+        final = loop.run(_CONFIG.value, _WORKDIR.value)
     elif job == "best_of_n":
         from alignjax.rl import best_of_n
 
@@ -64,7 +69,7 @@ def main(argv):
 
         final = rejection_sampling.run(_CONFIG.value, _WORKDIR.value)
     else:
-        raise ValueError(f"config.job={job!r}: expected 'train', 'sample', 'online_dpo', "
+        raise ValueError(f"config.job={job!r}: expected 'train', 'sample', 'online_dpo', 'rl', "
                          "'best_of_n' or 'rejection_sampling'")
     print(json.dumps(final, indent=2, sort_keys=True))
 

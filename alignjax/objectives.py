@@ -16,6 +16,9 @@ Batch fields (numpy or jax arrays, leading axis B):
     mismatched sequences kl_input_ids, kl_attention_mask, kl_loss_mask
     (`alignjax.data.as_unpaired`); ref_logps, ref_kl_logps [B] when cached.
 
+  rollout (the RL objectives ppo, grpo, rloo, reinforce and the critic's value): see the RL
+    section below.
+
 Frozen inputs: None, or a `Frozen(graphdef, params)` reference model when the reference
 quantities are not cached.
 """
@@ -43,6 +46,7 @@ from alignjax.logprobs import (
     split_pair,
     target_mask,
     token_logprobs_from_hidden,
+    values_before_tokens,
 )
 from alignjax.models import last_token_values
 from alignjax.steps import Batch, Objective
@@ -385,6 +389,184 @@ def kto(*, beta: float = 0.1, desirable_weight: float = 1.0,
                      prepare=_kto_prepare)
 
 
+# ----------------------------------------------------------------------------- RL (rollouts)
+# The rollout batch (`alignjax.rl.rollout`): input_ids, attention_mask, loss_mask (1 on the
+# response tokens) [B, L]; old_logps, ref_logps [B, L] (rollout policy and reference, aligned to
+# tokens); kl_coef [B] (the KL coefficient of a KL placed in the loss, 0 when it is in the
+# reward); then per algorithm advantages [B, L] (ppo, grpo), returns and baseline [B]
+# (reinforce, rloo), max_tokens [B] (grpo's "unnormalized" aggregation), old_values and
+# value_targets [B, L] (the critic).
+
+_KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _kl_estimator(kl_estimator: Any) -> None:
+    _check("kl_estimator", kl_estimator, kl_estimator in _KL_ESTIMATORS, "k1, k2 or k3")
+
+
+def _clip(clip_eps: Any, clip_eps_high: Any, dual_clip: Any = None) -> None:
+    _number("clip_eps", clip_eps, 0.0, 1.0, open_low=True, open_high=True)
+    if clip_eps_high is not None:
+        _number("clip_eps_high", clip_eps_high, 0.0, open_low=True)
+    if dual_clip is not None:
+        _number("dual_clip", dual_clip, 1.0, open_low=True)
+
+
+def _with_kl(value, metrics, logps, batch, kl_estimator, *, sequence_mean, normalizer):
+    """Adds kl_coef * the KL loss term, reduced like the policy loss (zero coef: reward KL)."""
+    kl, kl_metrics = losses.kl_loss(logps, batch["ref_logps"], batch["loss_mask"],
+                                    estimator=kl_estimator, sequence_mean=sequence_mean,
+                                    normalizer=normalizer)
+    return value + jax.lax.stop_gradient(batch["kl_coef"][0]) * kl, {**metrics, **kl_metrics}
+
+
+def ppo(*, clip_eps: float = 0.2, clip_eps_high: float | None = None,
+        dual_clip: float | None = None, kl_estimator: str = "k1") -> Objective:
+    """PPO-clip policy loss on per-token advantages (`losses.ppo_policy_loss`), token mean.
+
+    Plus `kl_coef * losses.kl_loss` when the KL is placed in the loss (`kl_coef` 0 otherwise).
+
+    Args:
+      clip_eps: eps (eps_low with `clip_eps_high`).
+      clip_eps_high: eps_high of an asymmetric clip (DAPO's clip-higher), or None.
+      dual_clip: c > 1 for dual-clip PPO, or None.
+      kl_estimator: k1, k2 or k3 for the per-token KL, in the reward or in the loss.
+    """
+    _clip(clip_eps, clip_eps_high, dual_clip)
+    _kl_estimator(kl_estimator)
+
+    def loss(model, batch, frozen, rng, total):
+        logps = token_logps(model, batch)
+        value, metrics = losses.ppo_policy_loss(
+            logps, batch["old_logps"], batch["advantages"], batch["loss_mask"],
+            clip_eps=clip_eps, clip_eps_high=clip_eps_high, dual_clip=dual_clip,
+            normalizer=total)
+        return _with_kl(value, metrics, logps, batch, kl_estimator, sequence_mean=False,
+                        normalizer=total)
+
+    return Objective(loss=loss, count=_trained_tokens, inputs="rollout")
+
+
+GRPO_AGGREGATIONS = ("sequence", "token", "unnormalized")
+
+
+def grpo(*, clip_eps: float = 0.2, clip_eps_high: float | None = None,
+         aggregation: str = "sequence", importance: str = "token",
+         kl_estimator: str = "k3") -> Objective:
+    """GRPO: the clipped surrogate on group-relative advantages broadcast to the tokens.
+
+    Shao et al. (2024), "DeepSeekMath", Eq. 3. Aggregations: "sequence" (the mean over sequences
+    of each sequence's token mean, original GRPO), "token" (the token mean over the batch, DAPO:
+    Yu et al., 2025, Eq. 8) or "unnormalized" (the token sum over B * max_new_tokens, Dr. GRPO:
+    Liu et al., 2025, "Understanding R1-Zero-Like Training", Sec. 3.2). `importance="sequence"`
+    is GSPO (Zheng et al., 2025, Eq. 7): one ratio per sequence, exp of the mean token
+    log-ratio, clipped per sequence (its gradient, as GSPO-token's, is the sequence ratio times
+    the mean token score); it needs the "sequence" aggregation.
+
+    Args:
+      clip_eps: eps (GSPO uses about 3e-4 on the sequence ratio).
+      clip_eps_high: eps_high of an asymmetric clip, or None.
+      aggregation: "sequence", "token" or "unnormalized".
+      importance: "token" (per-token ratio) or "sequence" (GSPO).
+      kl_estimator: k1, k2 or k3 (GRPO: k3 in the loss).
+    """
+    _clip(clip_eps, clip_eps_high)
+    _kl_estimator(kl_estimator)
+    _check("aggregation", aggregation, aggregation in GRPO_AGGREGATIONS,
+           ", ".join(GRPO_AGGREGATIONS))
+    _check("importance", importance, importance in ("token", "sequence"), "token or sequence")
+    if importance == "sequence" and aggregation != "sequence":
+        raise ValueError(f"config.loss.importance='sequence' (GSPO) needs "
+                         f"config.loss.aggregation='sequence', got {aggregation!r}")
+    sequence_mean = aggregation == "sequence"
+
+    def count(batch):
+        if aggregation == "sequence":
+            return _rows(batch)
+        if aggregation == "token":
+            return _trained_tokens(batch)
+        return _rows(batch) * batch["max_tokens"][0].astype(jnp.float32)
+
+    def loss(model, batch, frozen, rng, total):
+        mask = batch["loss_mask"]
+        logps = token_logps(model, batch)
+        ratio_logps = logps
+        if importance == "sequence":
+            # log s_i = mean_t (log pi - log pi_old), the same on every token of the sequence;
+            # logps - sg(logps) carries the gradient of each token with value 0 (GSPO-token).
+            seq_log_ratio = jax.lax.stop_gradient(
+                masked_sum(logps - batch["old_logps"], mask, axis=-1)
+                / jnp.maximum(masked_count(mask, axis=-1), 1.0))
+            ratio_logps = (batch["old_logps"] + seq_log_ratio[:, None]
+                           + logps - jax.lax.stop_gradient(logps))
+        value, metrics = losses.ppo_policy_loss(
+            ratio_logps, batch["old_logps"], batch["advantages"], mask, clip_eps=clip_eps,
+            clip_eps_high=clip_eps_high, sequence_mean=sequence_mean, normalizer=total)
+        return _with_kl(value, metrics, logps, batch, kl_estimator,
+                        sequence_mean=sequence_mean, normalizer=total)
+
+    return Objective(loss=loss, count=count, inputs="rollout")
+
+
+def _reinforce(kl_estimator: str) -> Objective:
+    _kl_estimator(kl_estimator)
+
+    def loss(model, batch, frozen, rng, total):
+        logps = token_logps(model, batch)
+        value, metrics = losses.reinforce_loss(logps, batch["loss_mask"], batch["returns"],
+                                               batch["baseline"], normalizer=total)
+        return _with_kl(value, metrics, logps, batch, kl_estimator, sequence_mean=True,
+                        normalizer=total)
+
+    return Objective(loss=loss, count=_rows, inputs="rollout")
+
+
+def reinforce(*, kl_estimator: str = "k1") -> Objective:
+    """REINFORCE with a baseline (`losses.reinforce_loss`): -(R - b) * log pi(y), sequence mean.
+
+    The rollout gives R (score, minus the summed KL when it is placed in the reward) and b (the
+    loop's running mean of past returns).
+
+    Args:
+      kl_estimator: k1, k2 or k3, in the reward or in the loss.
+    """
+    return _reinforce(kl_estimator)
+
+
+def rloo(*, kl_estimator: str = "k1") -> Objective:
+    """RLOO: REINFORCE whose baseline is the mean return of the other samples of the prompt.
+
+    Ahmadian et al. (2024), "Back to Basics", Sec. 3.3; the rollout gives R and the
+    leave-one-out baseline b (R - b = `losses.rloo_advantages`).
+
+    Args:
+      kl_estimator: k1, k2 or k3, in the reward (Ahmadian et al.) or in the loss.
+    """
+    return _reinforce(kl_estimator)
+
+
+def value(*, clip_eps: float | None = 0.2) -> Objective:
+    """The critic's clipped value loss (`losses.value_loss`) on values aligned to the tokens.
+
+    A scalar-head model; its output at position t - 1 is V of the state before token t
+    (`logprobs.values_before_tokens`), regressed on the GAE returns of the rollout.
+
+    Args:
+      clip_eps: eps_v of the value clip, or None for the plain squared error.
+    """
+    if clip_eps is not None:
+        _number("clip_eps", clip_eps, 0.0, open_low=True)
+
+    def loss(model, batch, frozen, rng, total):
+        values = values_before_tokens(model(batch["input_ids"], batch["attention_mask"]))
+        return losses.value_loss(values, batch["old_values"], batch["value_targets"],
+                                 batch["loss_mask"], clip_eps=clip_eps, normalizer=total)
+
+    return Objective(loss=loss, count=_trained_tokens, inputs="rollout", head="scalar")
+
+
+RL_OBJECTIVES = ("ppo", "grpo", "rloo", "reinforce", "value")
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "sft": sft,
     "aligner": aligner,
@@ -396,6 +578,11 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "simpo": simpo,
     "orpo": orpo,
     "kto": kto,
+    "ppo": ppo,
+    "grpo": grpo,
+    "rloo": rloo,
+    "reinforce": reinforce,
+    "value": value,
 }
 
 

@@ -45,7 +45,8 @@ class Objective:
       count: `count(batch) -> total`, the normaliser of the whole (accumulated) batch (trained
         tokens for SFT, pairs for DPO).
       inputs: the batch layout the runner builds: "sft" (token sequences; pair data gives its
-        chosen side), "pair", "unpaired" or "correction" (`alignjax.data` kinds).
+        chosen side), "pair", "unpaired" or "correction" (`alignjax.data` kinds), or "rollout"
+        (`alignjax.rl.rollout`: sampled responses with their rollout quantities).
       head: the model the runner builds: "lm" (language model) or "scalar" (a scalar head per
         token: reward and value models).
       reference: None, or `reference(model, batch) -> {name: [B] array}`: the reference

@@ -65,3 +65,52 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict(objectives.loss_defaults(objective))
     return c
+
+
+def rl_base(objective: str) -> ml_collections.ConfigDict:
+    """The online RL loop (`alignjax.rl.loop`, job "rl") on the controlled-sentiment task:
+    continue held-in movie-review openings, VADER scores the review, held-out openings judge.
+
+    `objective` is an algorithm of `alignjax.rl.loop.ALGORITHMS` (ppo, grpo, rloo, reinforce);
+    `config.loss` declares the keywords of its policy objective.
+    """
+    c = ml_collections.ConfigDict()
+    c.job = "rl"
+    c.seed = 0
+    c.objective = objective
+    c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+    c.model = ml_collections.ConfigDict({"path": "smollm2-135m-instruct", "dtype": "float32",
+                                         "param_dtype": "float32", "remat": "none"})
+    c.reward = "vader"  # a name in alignjax.rl.rewards, or "model:<dir>" (a trained rm)
+    c.no_eos_penalty = 0.0  # subtracted from the score of a response cut without EOS
+    c.prompts = "embedded:movie_openings"  # alignjax/data/sentiment.py
+    c.holdout_seed = 0
+    c.train_prompts = 0  # 0: every opening not held out
+    c.eval_prompts = 64
+    c.eval_samples = 2
+    c.iterations = 20
+    c.prompts_per_iteration = 8
+    c.samples_per_prompt = 4
+    c.epochs = 2
+    c.minibatches = 2
+    c.micro_batches = 1
+    c.max_new_tokens = 32
+    c.prompt_buckets = (32, 48)
+    c.temperature = 1.0
+    c.top_k = 0
+    c.top_p = 1.0
+    c.kl = ml_collections.ConfigDict({"placement": "reward", "coef": 0.05, "target": 0.0,
+                                      "horizon": 10000.0})  # target > 0: adaptive coefficient
+    c.gae = ml_collections.ConfigDict({"gamma": 1.0, "lam": 0.95})
+    c.whiten_advantages = True
+    c.scale_rewards = True  # grpo: divide by the group std (False: Dr. GRPO)
+    c.baseline_decay = 0.9  # reinforce: running mean of past returns
+    c.critic = ml_collections.ConfigDict({"path": "", "learning_rate": 1e-5, "clip_eps": 0.2})
+    c.sample_every = 5
+    c.checkpoint_every = 5
+    c.keep_checkpoints = 2
+    c.optim = ml_collections.ConfigDict({"learning_rate": 1e-6, "warmup_steps": 0,
+                                         "schedule": "constant", "weight_decay": 0.0,
+                                         "grad_clip": 1.0})
+    c.loss = ml_collections.ConfigDict(objectives.loss_defaults(objective))
+    return c

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("objectives", ("alignjax.objectives",)),
     ("services", ("alignjax.metrics", "alignjax.checkpoint", "alignjax.evaluate",
                   "alignjax.sampler", "alignjax.draw", "alignjax.memory", "alignjax.workdir")),
-    ("rl", ("alignjax.rl",)),
+    ("rl", ("alignjax.rl",)),  # rewards, rollout, loop: the RL loop needs no runner
     ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo",
                  "alignjax.sample_job", "alignjax.rejection_sampling")),
     ("entry", ("alignjax.main",)),

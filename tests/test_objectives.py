@@ -37,6 +37,11 @@ NEEDS = {
     "simpo": ("pair", "lm", False, False),
     "orpo": ("pair", "lm", False, True),
     "kto": ("unpaired", "lm", True, True),
+    "ppo": ("rollout", "lm", False, False),
+    "grpo": ("rollout", "lm", False, False),
+    "rloo": ("rollout", "lm", False, False),
+    "reinforce": ("rollout", "lm", False, False),
+    "value": ("rollout", "scalar", False, False),
 }
 
 
@@ -153,7 +158,8 @@ def test_every_config_declares_every_loss_keyword():
         if "objective" not in config:  # a job without training (configs/sample.py)
             continue
         assert config.loss.to_dict() == objectives.loss_defaults(config.objective), arg
-    assert set(dpo_module.FAMILY) == set(objectives.OBJECTIVES) - {"sft", "aligner", "rm"}
+    assert set(dpo_module.FAMILY) == (set(objectives.OBJECTIVES) - {"sft", "aligner", "rm"}
+                                      - set(objectives.RL_OBJECTIVES))
     with pytest.raises(ValueError, match=r"configs/dpo\.py:dpoo: expected one of"):
         _load_config("configs/dpo.py:dpoo")
 

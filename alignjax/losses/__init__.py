@@ -9,7 +9,7 @@ with `/sum` and `/count` so `merge_metrics` is exact over micro-batches (see `co
   reward.py      bradley_terry_loss
   preference.py  dpo_loss, robust_dpo_loss, ipo_loss, hinge_loss, simpo_loss, orpo_loss
   kto.py         kto_loss, kto_reference_point
-  rl.py          ppo_policy_loss, value_loss, reinforce_loss
+  rl.py          ppo_policy_loss, value_loss, reinforce_loss, kl_loss
   advantages.py  gae, masked_whiten, rloo_advantages, grpo_advantages, kl_penalty,
                  shaped_rewards, adaptive_kl_update
   curves.py      loss_and_weight: each example's loss and gradient weight -dL/d(margin)
@@ -38,7 +38,7 @@ from alignjax.losses.preference import (
     simpo_loss,
 )
 from alignjax.losses.reward import bradley_terry_loss
-from alignjax.losses.rl import ppo_policy_loss, reinforce_loss, value_loss
+from alignjax.losses.rl import kl_loss, ppo_policy_loss, reinforce_loss, value_loss
 from alignjax.losses.sft import sft_loss
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "grpo_advantages",
     "hinge_loss",
     "ipo_loss",
+    "kl_loss",
     "kl_penalty",
     "kto_loss",
     "kto_reference_point",

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from alignjax.logprobs import Array, as_float, masked_count, masked_sum
+from alignjax.losses.advantages import kl_penalty
 from alignjax.losses.common import Metrics, masked_mean_metric, normalize, sum_metric
 
 
@@ -194,3 +195,42 @@ def reinforce_loss(
         "reinforce/advantage": jnp.mean(advantages_B),
         "reinforce/return": jnp.mean(returns_B),
     }
+
+
+def kl_loss(
+    logps_BL: Array,
+    ref_logps_BL: Array,
+    mask_BL: Array,
+    *,
+    estimator: str = "k3",
+    sequence_mean: bool = False,
+    normalizer: float | Array | None = None,
+) -> tuple[Array, Metrics]:
+    """The KL penalty as a loss term (GRPO-style), reduced like the policy loss it joins.
+
+      L_KL = reduce_t k(log pi_theta(a_t) - log pi_ref(a_t))
+
+    Shao et al. (2024), "DeepSeekMath", Eq. 4 (k3 per token, added to the per-token objective
+    with weight beta); as TRL's GRPO trainer (`beta * per_token_kl`). The reductions are linear,
+    so `ppo_policy_loss(...) + beta * kl_loss(...)` with the same `sequence_mean` and
+    `normalizer` equals reducing the summed per-token loss, as TRL does. Unlike a KL placed in
+    the reward, this term is differentiated: k1 gives the gradient of E[log pi - log pi_ref]
+    through log pi of the sampled tokens, which is zero in expectation; on on-policy samples k2's
+    expected gradient is that of KL(pi || pi_ref) and k3's that of KL(pi_ref || pi).
+
+    Args:
+      logps_BL: log pi_theta of the sampled tokens (differentiated).
+      ref_logps_BL: log pi_ref of the same tokens (constant).
+      mask_BL: 1 on response tokens.
+      estimator: "k1", "k2" or "k3" (`kl_penalty`).
+      sequence_mean: mean over sequences of per-sequence token means.
+      normalizer: global denominator over the accumulated batch (as `ppo_policy_loss`).
+
+    Returns:
+      (loss, metrics): `kl/loss_term` (the token mean of the estimate), with `/sum`, `/count`.
+    """
+    chex.assert_equal_shape([logps_BL, ref_logps_BL, mask_BL])
+    kl_BL = kl_penalty(logps_BL, jax.lax.stop_gradient(ref_logps_BL), mask_BL,
+                       estimator=estimator)
+    loss = _reduce_tokens(kl_BL, mask_BL, sequence_mean=sequence_mean, normalizer=normalizer)
+    return loss, masked_mean_metric("kl/loss_term", jax.lax.stop_gradient(kl_BL), mask_BL)
