@@ -51,7 +51,8 @@ def check(name: str, root: str) -> dict:
     _, plan_s, plan_out = _child([*config, "--workdir", plan_dir, "--config.job=plan"])
     with open(os.path.join(plan_dir, "memory_plan.json")) as f:
         plan = json.load(f)
-    print(plan_out[plan_out.index("memory plan:"):plan_out.index("{")], flush=True)
+    start = plan_out.index("memory plan:")
+    print(plan_out[start:plan_out.index("\n{", start)], flush=True)
     peak, train_s, _ = _child([*config, "--workdir", os.path.join(root, f"train_{name}")])
     row = {"config": name, "planned_gb": plan["total"] / 1e9, "measured_peak_rss_gb": peak / 1e9,
            "planned_over_measured": plan["total"] / peak, "plan_s": plan_s, "train_s": train_s,

@@ -16,7 +16,9 @@ What is compared, and how exactly:
   - checkpoints: a run written by 2 processes resumes in 1, and one written by 1 resumes in 2;
     the resumed steps and final parameters match the uninterrupted run the same way.
 
-Per-step losses are printed (run with -s to see them).
+Per-step losses are printed (run with -s to see them). The default tier runs the 1- and
+2-process comparison (about 80 s of compiling and training on 2 cores); the checkpoint
+round trips and the 4-process run are marked slow (`pytest -m slow tests/test_multiprocess.py`).
 """
 
 import os
@@ -129,6 +131,7 @@ def test_two_processes_train_exactly_like_one(runs):
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
 
 
+@pytest.mark.slow
 def test_checkpoint_of_two_processes_resumes_in_one(runs, tiny_model_dir):
     root, out = runs
     workdir = resume_copy(out[2], str(root / "from2to1"))
