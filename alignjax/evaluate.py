@@ -38,25 +38,27 @@ def wilson_interval(successes: float, n: float, z: float = 1.959964) -> tuple[fl
 
 
 def to_device(batch: HostBatch, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """Global arrays of a host batch: rows over the mesh's batch axes when they divide evenly,
-    replicated otherwise (the short last batch of an in-order pass)."""
+    """Global arrays of a batch that every process holds whole (an in-order pass): rows over the
+    mesh's batch axes when they divide evenly, replicated otherwise (the short last batch)."""
     rows = len(next(iter(batch.values())))
     spec = sharding.batch_sharding(mesh)
     shards = sharding.batch_shard_count(mesh)
     target = spec if rows % shards == 0 else sharding.replicated(mesh)
-    return {k: jax.make_array_from_process_local_data(target, np.asarray(v))
+    return {k: jax.make_array_from_process_local_data(target, np.asarray(v), np.shape(v))
             for k, v in batch.items() if k not in HOST_ONLY}
 
 
 def in_order(data: data_lib.TokenizedData, *, batch_size: int, buckets: tuple[int, ...] = (),
              desc: str = "") -> Iterator[HostBatch]:
     """One pass over `data` in order, in batches of `batch_size` real rows (fewer in the last),
-    with a progress bar."""
+    with a progress bar (on process 0). Every process reads whole batches (`to_device`)."""
     it = data_lib.batch_iterator(data, batch_size=batch_size, shuffle=False, num_epochs=1,
+                                 shard_index=0, shard_count=1,
                                  drop_remainder=False, prefetch=0,
                                  bucket_lengths=tuple(buckets) or None)
     total = -(-len(data) // batch_size)
-    for batch in tqdm(it, total=total, desc=desc, unit="batch", leave=False):
+    for batch in tqdm(it, total=total, desc=desc, unit="batch", leave=False,
+                      disable=not sharding.is_main_process()):
         keep = batch["example_id"] >= 0
         yield batch if keep.all() else {k: v[keep] for k, v in batch.items()}
 

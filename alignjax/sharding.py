@@ -215,3 +215,76 @@ def per_device_bytes(tree) -> int:
         return math.prod(shape) * x.dtype.itemsize
 
     return sum(one(x) for x in jax.tree.leaves(tree))
+
+
+# --- Several processes (hosts): initialisation, this host's rows, host -> global arrays ---
+
+
+def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+               local_device_ids: Sequence[int] | None = None) -> None:
+    """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
+
+    Empty / 0 / -1 arguments are left to JAX, which reads JAX_COORDINATOR_ADDRESS (and
+    JAX_LOCAL_DEVICE_IDS) from the environment and detects Cloud TPU, SLURM, Open MPI and
+    Kubernetes jobs by itself. On CPU the processes exchange collectives through gloo.
+
+    Raises:
+      ValueError naming the flags when only some of the three are given.
+    """
+    given = [bool(coordinator_address), num_processes > 0, process_id >= 0]
+    if any(given) and not all(given):
+        raise ValueError("--coordinator_address, --num_processes and --process_id: give all "
+                         "three or none (JAX then detects the cluster), got "
+                         f"{coordinator_address!r}, {num_processes}, {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                               num_processes=num_processes if num_processes > 0 else None,
+                               process_id=process_id if process_id >= 0 else None,
+                               local_device_ids=local_device_ids)
+
+
+def is_main_process() -> bool:
+    """True on the process that writes logs, metrics, progress bars and exports (process 0)."""
+    return jax.process_index() == 0
+
+
+def host_rows(mesh: jax.sharding.Mesh, global_rows: int, rules=DEFAULT_RULES) -> tuple[int, int]:
+    """[start, stop): the rows of a global batch of `global_rows` that this process's devices hold.
+
+    Under `batch_sharding(mesh)` every process's devices hold one contiguous block of rows
+    (processes that differ only along an axis the batch is not split over, such as tensor,
+    hold the same block). Each host reads just those rows and `host_to_global` puts them in
+    place, so the global array is the one-process batch, row for row.
+
+    Raises:
+      ValueError when the batch does not split evenly over the batch axes, or when this
+      process's rows are not one block (a device order that interleaves processes).
+    """
+    count = batch_shard_count(mesh, rules)
+    if global_rows % count:
+        raise ValueError(f"config.batch_size={global_rows} is not divisible by the {count} "
+                         "batch shards of config.mesh (data * fsdp)")
+    index_map = batch_sharding(mesh, rules).addressable_devices_indices_map((global_rows,))
+    starts = sorted({idx[0].indices(global_rows)[:2] for idx in index_map.values()})
+    start, stop = starts[0][0], starts[-1][1]
+    if sum(b - a for a, b in starts) != stop - start:
+        raise ValueError(f"this process's batch rows {starts} are not one block; build the mesh "
+                         "with sharding.make_mesh (devices in process order)")
+    return start, stop
+
+
+def host_to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh, global_rows: int,
+                   rules=DEFAULT_RULES) -> dict[str, jax.Array]:
+    """Global batch arrays from this host's rows (`host_rows`) of a batch of `global_rows`."""
+    import numpy as np
+
+    target = batch_sharding(mesh, rules)
+    return {k: jax.make_array_from_process_local_data(
+                target, np.asarray(v), (global_rows, *np.shape(v)[1:]))
+            for k, v in batch.items()}
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+    """Every array of `tree` whole on every device (a collective: every process calls it), so
+    that any one process can read it (exports)."""
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)

@@ -47,6 +47,12 @@ def _as_inputs(objective: steps.Objective, examples):
     return examples
 
 
+def _say(text: str) -> None:
+    """A line on the console of process 0 (beside its progress bar)."""
+    if sharding.is_main_process():
+        tqdm.write(text)
+
+
 def _write_json(workdir: str, name: str, obj) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, name), "w") as f:
@@ -142,12 +148,17 @@ def check_config(config: ml_collections.ConfigDict,
     return mesh
 
 
-def export(model, tokenizer, workdir: str) -> str:
+def export(model, tokenizer, workdir: str, mesh: jax.sharding.Mesh | None = None) -> str:
     """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0).
 
     What an export killed half-way left behind (`export.tmp`, `.tmp-export-*`) is removed first.
+    With several processes, pass the mesh: every process then joins in gathering the
+    parameters, which process 0 writes.
     """
     out = os.path.join(workdir, "export")
+    if mesh is not None and jax.process_count() > 1:
+        graphdef, params = nnx.split(model)
+        model = nnx.merge(graphdef, sharding.replicate(params, mesh))
     if jax.process_index() == 0:
         tmp = out + ".tmp"
         for leftover in [tmp, *glob.glob(os.path.join(workdir, ".tmp-export-*"))]:
@@ -186,19 +197,22 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
       The final state and the metrics logged at the last step.
     """
     start = int(state.step)
-    bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step")
+    bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step",
+               disable=not sharding.is_main_process())
     last, tokens, t0 = {}, 0, time.time()
     for step in range(start, num_steps):
         host = next(batches)
-        tokens += int(sum(np.sum(v) for k, v in host.items() if k.endswith("attention_mask")))
-        state, metrics = train_step(state, to_device(host), frozen)
+        batch = to_device(host)
+        # counted on the global batch: with several hosts each holds only its rows
+        tokens += sum(jnp.sum(v) for k, v in batch.items() if k.endswith("attention_mask"))
+        state, metrics = train_step(state, batch, frozen)
         done = step + 1
         if on_nonfinite is not None and float(metrics["train/nonfinite"]):
             on_nonfinite(done, host, state, metrics)
         logged = {}
         if done % log_every == 0 or done == num_steps:
             logged = metrics_lib.to_host(metrics)
-            logged["train/tokens_per_s"] = tokens / (time.time() - t0)
+            logged["train/tokens_per_s"] = int(tokens) / (time.time() - t0)
             tokens, t0 = 0, time.time()
             bar.set_postfix(loss=f"{logged['train/loss']:.4f}",
                             tok_s=f"{logged['train/tokens_per_s']:.0f}")
@@ -236,7 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     all_counts = {"train": dict(train_data.counts),
                   "eval": dict(eval_data.counts) if eval_data is not None else {}}
     _write_json(workdir, "data_counts.json", all_counts)
-    tqdm.write(f"data: {all_counts}")
+    _say(f"data: {all_counts}")
 
     graphdef, params = nnx.split(model)
     del model
@@ -245,8 +259,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     frozen, train_cache, eval_cache = None, None, None
     if objective.reference is not None and config.ref_cache:
         # one pass now instead of a reference forward in every step
+        # replicated outputs: every process reads the values of the whole batch
         ref_fn = sharding.under(mesh, jax.jit(
-            lambda p, b: objective.reference(nnx.merge(graphdef, p), b)))
+            lambda p, b: objective.reference(nnx.merge(graphdef, p), b),
+            out_shardings=sharding.replicated(mesh)))
         model_key = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
         caches = {}
         for name, data in (("train", train_data), ("eval", eval_data)):
@@ -270,8 +286,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        batch_sharding=sharding.batch_sharding(mesh),
                                        frozen_sharding=frozen_sharding,
                                        micro_batches=config.micro_batches, mesh=mesh)
+    # each host reads only the rows of the global batch that its devices hold
     batches = data_lib.batch_iterator(train_data, batch_size=config.batch_size, seed=config.seed,
-                                      num_epochs=None, bucket_lengths=buckets or None)
+                                      num_epochs=None, bucket_lengths=buckets or None,
+                                      rows=sharding.host_rows(mesh, config.batch_size))
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
                                    every=config.checkpoint_every, best_metric=config.best_metric,
                                    best_mode=config.best_mode)
@@ -279,14 +297,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if restored is not None:
         state, data_state = restored
         batches.set_state(data_state)
-        tqdm.write(f"resumed from step {int(state.step)}")
+        _say(f"resumed from step {int(state.step)}")
     start = int(state.step)
     writer = metrics_lib.Writer(workdir, resume_step=start)
 
     evaluate = None
     if eval_data is not None:
         eval_fn = sharding.under(mesh, jax.jit(functools.partial(
-            steps.eval_metrics, graphdef=graphdef, objective=objective)))
+            steps.eval_metrics, graphdef=graphdef, objective=objective),
+            out_shardings=sharding.replicated(mesh)))
         evaluate = lambda s: evaluate_lib.evaluate(  # noqa: E731
             lambda p, b: eval_fn(p, b, frozen), s.params, eval_data, mesh, cache=eval_cache,
             **passes)
@@ -294,7 +313,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     def to_device(host):
         if train_cache is not None:
             host = train_cache.add_to(host)
-        return evaluate_lib.to_device(host, mesh)
+        return sharding.host_to_global(
+            {k: v for k, v in host.items() if k not in evaluate_lib.HOST_ONLY}, mesh,
+            config.batch_size)
 
     def on_nonfinite(step: int, host: dict, state: steps.TrainState, metrics: dict) -> None:
         where = os.path.join(workdir, "nonfinite", str(step))
@@ -315,7 +336,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     try:
         if start >= config.steps:
-            tqdm.write(f"{workdir}: already trained to step {start} (config.steps="
+            _say(f"{workdir}: already trained to step {start} (config.steps="
                        f"{config.steps}); nothing to do")
             rows = [r for r in metrics_lib.read_metrics(workdir) if r["step"] == start]
             last = {k: v for r in rows for k, v in r.items() if k != "step"}
@@ -323,7 +344,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if start == 0 and evaluate is not None and config.eval_at_start:
                 initial = evaluate(state)
                 writer.write(0, initial)
-                tqdm.write(f"step 0: {initial}")
+                _say(f"step 0: {initial}")
             state, last = fit(state, train_step, batches, num_steps=config.steps,
                               to_device=to_device, checkpointer=ckpt, writer=writer,
                               evaluate=evaluate, frozen=frozen, log_every=config.log_every,
@@ -334,6 +355,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.close()
     if config.export and (start < config.steps
                           or not os.path.isdir(os.path.join(workdir, "export"))):
-        export(nnx.merge(graphdef, state.params), tokenizer, workdir)
-    tqdm.write(f"data: {all_counts}")
+        export(nnx.merge(graphdef, state.params), tokenizer, workdir, mesh)
+    _say(f"data: {all_counts}")
     return last

@@ -17,6 +17,7 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
     a misspelt key fails while the flags are read.
     """
     c = ml_collections.ConfigDict()
+    c.job = "train"  # or "plan": the memory plan of this config on `plan.mesh` (alignjax.memory)
     c.seed = 0
     c.objective = objective
     c.steps = 100
@@ -64,6 +65,17 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
     c.optim.grad_clip = 1.0
 
     c.loss = ml_collections.ConfigDict(objectives.loss_defaults(objective))
+
+    # the memory plan (`--config.job=plan`, alignjax.memory): the target mesh and device memory
+    c.plan = ml_collections.ConfigDict()
+    c.plan.mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+    c.plan.device_memory_gb = 16.0
+    c.plan.hf_config = ml_collections.ConfigDict()  # shapes of a model not on disk (config.json)
+    c.plan.compile_layers = 0  # > 0: compile that many and twice that many layers, extrapolate
+    c.plan.reward_models = 0  # frozen models of the policy's shape held beside it
+    c.plan.critic = False  # a second trained state of the policy's shape
+    c.plan.sample_batch = 0  # KV cache: sequences sampled at once ...
+    c.plan.sample_length = 0  # ... and their cache slots (prompt + new tokens)
     return c
 
 

@@ -58,7 +58,9 @@ def main(model_dir: str, prompts_file: str, out: str):
                    "model_logps": np.asarray(res.model_logps_BT).tolist(),
                    "tokens_spec": spec(res.tokens_BT), "cache_spec": spec(cache.k[0]),
                    "cache_shard": list(cache.k[0].addressable_shards[0].data.shape),
-                   "cache_shape": list(cache.k[0].shape)}, f)
+                   "cache_shape": list(cache.k[0].shape),
+                   "cache_specs": [spec(x) for x in cache.k + cache.v],
+                   "cache_bytes": sharding.per_device_bytes(cache)}, f)
 
 
 if __name__ == "__main__":

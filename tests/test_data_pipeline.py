@@ -104,6 +104,25 @@ def test_two_hosts_see_disjoint_complete_shards_with_equal_shapes():
     assert sorted(seen) == list(range(48))
 
 
+def test_host_row_blocks_concatenate_to_the_single_host_batch():
+    """`rows` = a host's block [start, stop) (sharding.host_rows): the blocks of the hosts, in
+    order, are the single-host batch row for row, at the global batch's bucket, also for the
+    last, partial batch (padding rows, example_id -1)."""
+    sft = synthetic(num=45)
+    kwargs = {"batch_size": 8, "seed": 5, "num_epochs": 1, "bucket_lengths": BUCKETS,
+              "drop_remainder": False}
+    single = run(data.batch_iterator(sft, shard_index=0, shard_count=1, **kwargs))
+    blocks = [(0, 2), (2, 6), (6, 8)]
+    hosts = [run(data.batch_iterator(sft, rows=r, **kwargs)) for r in blocks]
+    assert len(single) == 6 and all(len(h) == 6 for h in hosts)
+    for step, whole in enumerate(single):
+        for key, value in whole.items():
+            np.testing.assert_array_equal(
+                np.concatenate([h[step][key] for h in hosts]), value, err_msg=f"{step} {key}")
+    with pytest.raises(ValueError, match=r"rows=\(6, 9\) is not a block of a batch of 8"):
+        data.batch_iterator(sft, rows=(6, 9), **kwargs)
+
+
 def test_batches_are_padded_to_the_smallest_fitting_bucket():
     sft = synthetic()
     for batch in run(data.batch_iterator(sft, **one_host(batch_size=4, num_epochs=2))):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from flax import nnx
 
-from alignjax import models
+from alignjax import memory, models
 from alignjax.sampler import GREEDY, make_sampler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,3 +44,8 @@ def test_sharded_greedy_sampling_matches_one_device(tmp_path):
     assert eight["tokens_spec"][0] in data
     assert eight["cache_spec"][0] in data and eight["cache_spec"][1:] == ["tensor", None, None]
     assert eight["cache_shard"] == [2, 1, 26, 16] and eight["cache_shape"] == [8, 2, 26, 16]
+    # every layer's keys and values alike, and a device holds what the memory plan says
+    assert len(eight["cache_specs"]) == 2 * cfg.num_layers
+    assert all(s == eight["cache_specs"][0] for s in eight["cache_specs"])
+    assert eight["cache_bytes"] == memory.kv_cache_bytes(
+        cfg, {"data": 4, "fsdp": 1, "tensor": 2}, rows=8, slots=26)

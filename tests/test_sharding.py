@@ -189,3 +189,23 @@ def test_same_loss_trajectory_as_one_device(sharded, tiny_model_dir, tmp_path):
         for key in ("train/loss", "train/grad_norm", "eval/sft/nll"):
             if key in a:
                 np.testing.assert_allclose(b[key], a[key], rtol=2e-5, err_msg=f"{key} {a['step']}")
+
+
+@pytest.mark.parametrize("mesh_name", ["data", "fsdp", "fsdp_tensor", "data_tensor"])
+def test_memory_plan_matches_the_compiled_step(specs, mesh_name):
+    """Pure data parallel, FSDP, FSDP x tensor and data x tensor: the memory plan's per-device
+    bytes of the state and the batch (shard shapes of abstract arrays) equal those of the real
+    arrays, and their sum is the compiled step's argument size: nothing is replicated that
+    the rules split."""
+    got = specs["bytes"][mesh_name]
+    assert got["plan_state"] == got["state_per_device"], got
+    assert got["plan_batch"] == got["batch_per_device"], got
+    assert got["compiled_arguments"] == got["state_per_device"] + got["batch_per_device"], got
+
+
+def test_data_tensor_state_is_split_only_over_tensor(specs):
+    """On data=4 x tensor=2 a device holds half of every parameter (and Adam moment) the rules
+    split over tensor and all of the others."""
+    want = sum(v["bytes"] // 2 if "tensor" in v["spec"] else v["bytes"]
+               for k, v in specs["before"].items() if k.startswith((".params", ".opt_state")))
+    assert specs["bytes"]["data_tensor"]["per_device"] == want

@@ -5,8 +5,10 @@
       -> repeat(num_epochs)        None = forever
       -> batch(global batch size)  one global batch = batch_size consecutive examples
       -> this host's rows          rows shard_index, shard_index + shard_count, ... of it,
-                                   padded to the bucket of the *global* batch's longest row,
-                                   so every host builds the same shapes
+                                   or the block `rows` = [start, stop) (the rows this host's
+                                   devices hold, `alignjax.sharding.host_rows`), padded to the
+                                   bucket of the *global* batch's longest row, so every host
+                                   builds the same shapes
       -> background prefetch       threads (and optionally processes) fill a buffer ahead
 
 Everything before the prefetch is random access (a grain `MapDataset`), so the iterator state
@@ -38,10 +40,14 @@ class HostBatch:
     shard_index: int
     shard_count: int
     rows_per_host: int
+    block: tuple[int, int] | None = None
 
     def __call__(self, rows: Sequence[Row]) -> Batch:
         length = bucket_length(max(sequence_length(self.kind, r) for r in rows), self.buckets)
-        mine = list(rows[self.shard_index :: self.shard_count])
+        if self.block is not None:
+            mine = list(rows[self.block[0] : self.block[1]])
+        else:
+            mine = list(rows[self.shard_index :: self.shard_count])
         mine += [None] * (self.rows_per_host - len(mine))
         return COLLATORS[self.kind](mine, length, self.pad_id)
 
@@ -68,6 +74,7 @@ def batch_dataset(
     drop_remainder: bool = True,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    rows: tuple[int, int] | None = None,
     prefetch: int = 4,
     num_threads: int = 1,
     worker_count: int = 0,
@@ -86,6 +93,8 @@ def batch_dataset(
         all-padding rows (`example_id` -1), keeping the batch shape.
       shard_index: this host's shard (default `jax.process_index()`).
       shard_count: the number of hosts (default `jax.process_count()`).
+      rows: instead of shard_index / shard_count, this host's block [start, stop) of every
+        global batch (`alignjax.sharding.host_rows(mesh, batch_size)`).
       prefetch: batches prepared ahead by background threads (0: none).
       num_threads: background threads that collate batches.
       worker_count: if > 0, also prefetch in that many worker processes.
@@ -94,6 +103,10 @@ def batch_dataset(
       An `IterDataset`; `iter()` of it gives a `grain.DatasetIterator` with `get_state` /
       `set_state`.
     """
+    if rows is not None:
+        if not 0 <= rows[0] < rows[1] <= batch_size:
+            raise ValueError(f"rows={rows} is not a block of a batch of {batch_size}")
+        shard_index, shard_count = 0, 1
     if shard_index is None or shard_count is None:
         default_index, default_count = _default_shard()
         shard_index = default_index if shard_index is None else shard_index
@@ -115,7 +128,9 @@ def batch_dataset(
         batch_size,
         drop_remainder=drop_remainder,
         batch_fn=HostBatch(
-            data.kind, data.pad_id, buckets, shard_index, shard_count, batch_size // shard_count
+            data.kind, data.pad_id, buckets, shard_index, shard_count,
+            batch_size // shard_count if rows is None else rows[1] - rows[0],
+            None if rows is None else (int(rows[0]), int(rows[1])),
         ),
     )
     ds = ds.to_iter_dataset(
