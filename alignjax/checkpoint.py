@@ -92,6 +92,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                                  cleanup_tmp_directories=True))
+        self.every = every
         self.pending: int | None = None  # the step of a save that may still be writing
         self.best_metric = best_metric
         self.best = None
@@ -179,13 +180,14 @@ class Checkpointer:
           CheckpointWriteError naming the step and directory when this write, or the previous
           one still finishing in the background, fails.
         """
-        if not (force or self.manager.should_save(step)):
+        # not orbax's should_save, which also saves the first step a manager sees
+        if not (force or step % self.every == 0):
             return False
         self._check_pending()
         try:
             started = self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                checksums=ocp.args.JsonSave(fingerprint(state))), force=force)
+                checksums=ocp.args.JsonSave(fingerprint(state))), force=True)
         except Exception as e:
             raise self._write_error(step, e) from e
         self.pending = step
