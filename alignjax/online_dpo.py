@@ -49,16 +49,27 @@ def make_pairs(rows: list[dict], scores: np.ndarray, n: int, min_gap: float) -> 
 
 
 def judge(rows: list[dict], reference_rows: list[dict], reward_fn) -> dict[str, float]:
-    """True reward, KL to the reference and win rate against the reference's samples."""
+    """True reward, its gain over the reference's samples (the mean over prompts of the
+    per-prompt difference, with its 95% interval), KL to the reference and win rate."""
     scores = reward_fn([r["prompt"] for r in rows], [r["response"] for r in rows])
     ref_scores = reward_fn([r["prompt"] for r in reference_rows],
                            [r["response"] for r in reference_rows])
     mean, low, high = mean_interval(scores)
+    # paired by prompt: rows and reference rows hold the same prompts in the same order
+    prompts = [r["prompt"] for r in rows]
+    if prompts != [r["prompt"] for r in reference_rows]:
+        raise ValueError("judge: the samples and the reference samples hold other prompts")
+    groups = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    gain = np.array([scores[ix].mean() - ref_scores[ix].mean() for ix in groups.values()])
+    gain_mean, gain_low, gain_high = mean_interval(gain)
     kl = np.array([r["logp"] - r["ref_logp"] for r in rows])
     kl_mean, kl_low, kl_high = mean_interval(kl)
     wins = float(np.sum(scores > ref_scores) + 0.5 * np.sum(scores == ref_scores))
     win_low, win_high = wilson_interval(wins, len(scores))
     return {"reward": mean, "reward_ci95_low": low, "reward_ci95_high": high,
+            "gain": gain_mean, "gain_ci95_low": gain_low, "gain_ci95_high": gain_high,
             "kl": kl_mean, "kl_ci95_low": kl_low, "kl_ci95_high": kl_high,
             "win_rate": wins / len(scores), "win_rate_ci95_low": win_low,
             "win_rate_ci95_high": win_high,
@@ -92,12 +103,15 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| step | true reward (95% CI) | KL to reference (nats) | win rate vs reference "
-             "| ends with EOS | tokens |", "|---|---|---|---|---|---|"]
+    lines = ["| step | true reward (95% CI) | gain over reference, paired by prompt (95% CI) "
+             "| KL to reference (nats) | win rate vs reference | ends with EOS | tokens |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
+        gain = (f"{r['gain']:+.3f} ({r['gain_ci95_low']:+.3f} to {r['gain_ci95_high']:+.3f})"
+                if "gain" in r else "-")
         lines.append(
             f"| {r['step']} | {r['reward']:.3f} ({r['reward_ci95_low']:.3f} to "
-            f"{r['reward_ci95_high']:.3f}) | {r['kl']:.2f} ({r['kl_ci95_low']:.2f} to "
+            f"{r['reward_ci95_high']:.3f}) | {gain} | {r['kl']:.2f} ({r['kl_ci95_low']:.2f} to "
             f"{r['kl_ci95_high']:.2f}) | {r['win_rate']:.1%} ({r['win_rate_ci95_low']:.1%} to "
             f"{r['win_rate_ci95_high']:.1%}) | {r['eos_fraction']:.0%} | "
             f"{r['response_tokens']:.1f} |")
@@ -138,7 +152,8 @@ def run(config, workdir: str) -> dict:
     eval_path = os.path.join(workdir, "eval.jsonl")
     done = {r["step"]: r for r in (_read_jsonl(eval_path) if os.path.exists(eval_path) else [])}
     ckpt_dir = os.path.join(train_dir, "checkpoints")
-    steps = [0, *sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())]
+    steps = [0, *sorted(s for s in (int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+                        if s % config.checkpoint_every == 0 or s == config.steps)]
     reference_rows = gen(ref_params, eval_openings, n=config.eval_samples,
                          seed=config.seed + 1, ref_params=ref_params, desc="eval step 0")
     samples = {0: reference_rows}
@@ -154,7 +169,7 @@ def run(config, workdir: str) -> dict:
         if step not in done:
             done[step] = {"step": step, **judge(rows, reference_rows, reward_fn)}
             _write_jsonl(eval_path, [done[s] for s in sorted(done)])
-    results = [done[s] for s in sorted(done)]
+    results = [done[s] for s in steps if s in done]
     final = steps[-1]
     before, after = samples[0], samples[final]
     b_scores = reward_fn([r["prompt"] for r in before], [r["response"] for r in before])
