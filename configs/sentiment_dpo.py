@@ -9,9 +9,11 @@ Command (after `bash scripts/bootstrap.sh`):
   .venv/bin/python -m alignjax.main --config configs/sentiment_dpo.py --workdir runs/sentiment
 
 Hardware: 2 CPU cores (float32); no network, no files outside the repository.
-Runtime and result: see experiments/RESULTS.md ("Main job") for the measured numbers; the run
-ends with a table (held-out true reward with its 95% interval, KL to the reference, win rate
-against the reference) and workdir/reward_kl.png.
+Result (experiments/RESULTS.md, "Main job"): held-out true reward 0.149 (95% CI 0.060 to
+0.238) before, 0.271 (0.187 to 0.355) after 30 steps; gain over the reference paired by prompt
++0.122 (+0.024 to +0.220); KL to the reference 0.96 nats per response. About 18 minutes on 2
+CPU cores that other jobs shared for half of it. The run ends with that table and writes
+workdir/reward_kl.png.
 """
 
 from configs import common
