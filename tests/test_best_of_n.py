@@ -189,6 +189,7 @@ def _tiny_rs(model_dir):
     return config
 
 
+@pytest.mark.slow  # two rounds of sampling and SFT: ~40 s of the default tier's budget
 def test_rejection_sampling_two_rounds_and_resume(tiny_model_dir, tmp_path):
     config = _tiny_rs(tiny_model_dir)
     calls = []
