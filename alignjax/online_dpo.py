@@ -22,10 +22,9 @@ import copy
 import os
 
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
-from alignjax import checkpoint, models, objectives, sharding, train
+from alignjax import checkpoint, objectives, train
 from alignjax.evaluate import wilson_interval
 from alignjax.rl import rewards
 from alignjax.rl.generation import Generator, mean_interval, prompts_of, user_turn
@@ -124,11 +123,7 @@ def run(config, workdir: str) -> dict:
     reward_fn = rewards.get(config.reward)
     objectives.make(config.objective, config.loss.to_dict())  # bad loss keys fail now
     train_openings, eval_openings = prompts_of(config)
-    mesh = sharding.make_mesh(**config.mesh)
-    model, cfg, tokenizer = models.load(config.model, mesh)
-    graphdef, ref_params = nnx.split(model)
-    del model
-    gen = Generator(config, graphdef, cfg, tokenizer, mesh)
+    gen, graphdef, ref_params = Generator.from_config(config)
 
     pairs_path = os.path.join(workdir, "pairs.jsonl")
     if not os.path.exists(pairs_path):

@@ -27,10 +27,9 @@ import json
 import os
 
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
-from alignjax import checkpoint, models, objectives, sharding, train
+from alignjax import checkpoint, objectives, train
 from alignjax.rl import best_of_n, rewards
 from alignjax.rl.generation import (
     Generator,
@@ -186,11 +185,7 @@ def run(config, workdir: str, reward_fn: rewards.RewardFn | None = None) -> dict
     os.makedirs(workdir, exist_ok=True)
     reward_fn = reward_fn or rewards.get(config.reward)
     train_openings, eval_openings = prompts_of(config)
-    mesh = sharding.make_mesh(**config.mesh)
-    model, cfg, tokenizer = models.load(config.model, mesh)
-    graphdef, ref_params = nnx.split(model)
-    del model
-    gen = Generator(config, graphdef, cfg, tokenizer, mesh)
+    gen, graphdef, ref_params = Generator.from_config(config)
 
     base_path = os.path.join(workdir, "base_eval.json")
     if not os.path.exists(base_path):

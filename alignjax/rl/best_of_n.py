@@ -43,10 +43,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
-from alignjax import models, sharding
 from alignjax.rl import rewards
 from alignjax.rl.generation import Generator, mean_interval, prompts_of, read_jsonl, write_jsonl
 
@@ -209,11 +207,7 @@ def run(config, workdir: str, reward_fn: rewards.RewardFn | None = None) -> dict
         rewards_PM = np.array([r["reward"] for r in rows], np.float64).reshape(-1, m)
         tqdm.write(f"{samples_path}: reusing {len(rows)} samples")
     else:
-        mesh = sharding.make_mesh(**config.mesh)
-        model, cfg, tokenizer = models.load(config.model, mesh)
-        graphdef, params = nnx.split(model)
-        del model
-        gen = Generator(config, graphdef, cfg, tokenizer, mesh)
+        gen, _, params = Generator.from_config(config)
         t0 = time.time()
         rows, rewards_PM = sample_and_score(gen, params, openings, n=m, seed=config.seed,
                                             reward_fn=reward_fn)

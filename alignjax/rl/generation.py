@@ -18,7 +18,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from alignjax import data as data_lib
-from alignjax import objectives, sampler, sharding
+from alignjax import models, objectives, sampler, sharding
 from alignjax.data import sentiment
 
 
@@ -53,6 +53,14 @@ class Generator:
     compiled call; the last batch is padded with copies of its last prompt), `temperature`,
     `top_k`, `top_p`.
     """
+
+    @classmethod
+    def from_config(cls, config) -> tuple[Generator, nnx.GraphDef, object]:
+        """(generator, graphdef, parameters) of `config.model` on the mesh `config.mesh`."""
+        mesh = sharding.make_mesh(**config.mesh)
+        model, cfg, tokenizer = models.load(config.model, mesh)
+        graphdef, params = nnx.split(model)
+        return cls(config, graphdef, cfg, tokenizer, mesh), graphdef, params
 
     def __init__(self, config, graphdef, cfg, tokenizer, mesh):
         self.tokenizer = tokenizer
