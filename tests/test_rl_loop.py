@@ -97,6 +97,11 @@ def test_each_algorithm_runs_end_to_end(name, tiny_model_dir, cache_dir, tmp_pat
     assert {"eval/reward", "eval/reward_ci95_low", "eval/kl"} <= set(last)
     assert sorted(os.listdir(tmp_path / "samples")) == ["eval_0.jsonl", "eval_2.jsonl",
                                                         "iter_1.jsonl", "iter_2.jsonl"]
+    with open(tmp_path / "samples" / "eval_2.jsonl") as f:  # per-response KL, as averaged
+        held_out = [json.loads(line) for line in f]
+    assert len(held_out) == config.eval_prompts * config.eval_samples
+    np.testing.assert_allclose(np.mean([r["kl"] for r in held_out]), last["eval/kl"],
+                               rtol=1e-6, atol=1e-7)
     assert os.path.isdir(tmp_path / "checkpoints" / "2")
     if name == "reinforce":  # a finished run is not trained again
         assert loop.run(config, str(tmp_path))["rl/reward"] == last["rl/reward"]

@@ -306,9 +306,9 @@ def evaluate(rollouts: Rollouts, params, ref_params, prompt_ids, prompt_texts, c
         scores.append(ro.raw_scores[keep])
         kls.append((ro.logps - ro.ref_logps).sum(axis=1)[keep])
         eos.append(ro.eos[keep])
-        rows += [{"prompt": p, "response": r, "reward": float(s)}
-                 for p, r, s in zip(ro.prompts[keep], ro.responses[keep], ro.raw_scores[keep],
-                                    strict=True)]
+        rows += [{"prompt": p, "response": r, "reward": float(s), "kl": float(k)}
+                 for p, r, s, k in zip(ro.prompts[keep], ro.responses[keep],
+                                       ro.raw_scores[keep], kls[-1], strict=True)]
     scores, kls = np.concatenate(scores), np.concatenate(kls)
     mean, low, high = mean_interval(scores)
     kl, kl_low, kl_high = mean_interval(kls)
