@@ -60,7 +60,7 @@ The real data lives outside the repository: `readers.shared_data_dir()` reads
 `$ALIGNJAX_SHARED_DATA` (default `../shared/data` next to the repository root).
 """
 
-from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer
+from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer, aligner_prompt, correction_prompt
 from alignjax.data.collate import COLLATORS, bucket_length
 from alignjax.data.embedded import write_quickstart
 from alignjax.data.formats import FORMATS, parse_rows
@@ -95,10 +95,12 @@ __all__ = [
     "SFTExample",
     "TokenizedData",
     "UnpairedExample",
+    "aligner_prompt",
     "as_sft",
     "as_unpaired",
     "batch_dataset",
     "batch_iterator",
+    "correction_prompt",
     "bucket_length",
     "load_examples",
     "pack",
