@@ -159,3 +159,42 @@ def test_stack_job_with_a_tiny_aligner_and_judge(tiny_model_dir, tmp_path):
     assert [r["answer"] for r in rows] == ANSWERS[:4] and summary["rows"] == 4
     assert summary["judge"]["n"] == 4
     assert os.path.isfile(tmp_path / "run" / "judge.json")
+
+
+@pytest.mark.slow
+def test_copy_warmup_job_on_a_tiny_model(tiny_model_dir, tmp_path):
+    """aligner_train: warm-up on identity copies, then corrections from the warm-up's export;
+    the copy rate measured before, after the warm-up and at the end (~50 s: two training
+    stages and three decoding passes)."""
+    path = os.path.join(tmp_path, "triplets.json")
+    with open(path, "w") as f:
+        json.dump([{"question": f"q{i}?", "answer": f"answer {i}", "correction": f"better {i}"}
+                   for i in range(20)], f)
+    config = _config("aligner_warmup")
+    config.model.path = tiny_model_dir
+    config.data.train, config.data.format, config.data.eval_size = path, "aligner", 4
+    config.data.max_length, config.data.max_prompt_length = 64, 32
+    config.data.buckets = (64,)
+    config.steps, config.aligner.copy_warmup_steps = 2, 2
+    config.batch_size = config.eval_batch_size = 4
+    config.log_every = config.eval_every = config.checkpoint_every = 1
+    config.aligner.copy_eval_size = 2
+    config.aligner.max_new_tokens = 3
+    config.aligner.prompt_buckets = (64,)
+    config.aligner.sample_batch = 2
+    work = tmp_path / "run"
+    out = aligner.run_train(config, str(work))
+    assert set(out["copy_rate"]) == {"before", "after_warmup", "after"}
+    assert all(r["n"] == 2 for r in out["copy_rate"].values())
+    warm = [json.loads(line) for line in open(work / "data" / "warmup.jsonl")]
+    main = [json.loads(line) for line in open(work / "data" / "train.jsonl")]
+    held = [json.loads(line) for line in open(work / "data" / "eval.jsonl")]
+    assert len(warm) == len(main) == 16 and len(held) == 4
+    assert all(r["correction"] == r["answer"] for r in warm)
+    assert all(r["correction"].startswith("better") for r in main + held)
+    assert not {r["question"] for r in held} & {r["question"] for r in main}
+    second = json.loads((work / "train" / "config.json").read_text())
+    assert second["model"]["path"] == str(work / "warmup" / "export")
+    assert out["warmup"]["train/loss"] > 0 and out["train"]["train/loss"] > 0
+    decoded = [json.loads(line) for line in open(work / "corrections_after.jsonl")]
+    assert [r["answer"] for r in decoded] == [r["answer"] for r in held[:2]]
