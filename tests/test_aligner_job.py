@@ -144,21 +144,42 @@ def test_bootstrap_interval_matches_the_normal_width():
     assert width == pytest.approx(2 * 1.959964 * outcome.std() / np.sqrt(n), rel=0.1)
 
 
-def test_stack_job_with_a_tiny_aligner_and_judge(tiny_model_dir, tmp_path):
-    """The job end to end with models: the tiny random model corrects (greedy) and judges."""
+def _tiny_stack_config(tmp_path, tiny_model_dir):
     config = _stack_config(tmp_path, limit=4)
     config.model.path = tiny_model_dir
     config.data.template = "aligner"
     config.aligner.max_new_tokens = 4
     config.aligner.prompt_buckets = (64,)
     config.aligner.sample_batch = 2
+    return config
+
+
+def test_stack_job_on_upstream_samples_with_a_tiny_aligner_and_judge(tiny_model_dir, tmp_path):
+    """The job end to end with models: a tiny random upstream model answers, the same model
+    corrects (greedy) and, with a random scalar head, judges."""
+    config = _tiny_stack_config(tmp_path, tiny_model_dir)
+    config.upstream.path = tiny_model_dir
     config.judge.reward_model = tiny_model_dir
     config.judge.max_length = 64
     summary = aligner.run_stack(config, str(tmp_path / "run"))
+    up = [json.loads(line) for line in open(tmp_path / "run" / "upstream.jsonl")]
     rows = [json.loads(line) for line in open(tmp_path / "run" / "stacked.jsonl")]
-    assert [r["answer"] for r in rows] == ANSWERS[:4] and summary["rows"] == 4
-    assert summary["judge"]["n"] == 4
-    assert os.path.isfile(tmp_path / "run" / "judge.json")
+    assert [r["question"] for r in up] == [r["question"] for r in rows] == QUESTIONS[:4]
+    assert [r["answer"] for r in rows] == [r["answer"] for r in up] != ANSWERS[:4]
+    assert summary["rows"] == summary["judge"]["n"] == 4
+    assert json.loads((tmp_path / "run" / "judge.json").read_text()) == summary["judge"]
+
+
+@pytest.mark.slow
+def test_the_notebook_function_gives_the_jobs_corrections(tiny_model_dir, tmp_path):
+    config = _tiny_stack_config(tmp_path, tiny_model_dir)
+    aligner.run_stack(config, str(tmp_path / "run"))
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "stacked.jsonl")]
+    assert [r["answer"] for r in rows] == ANSWERS[:4]
+    model, _, tok = models.load({"path": tiny_model_dir}, None)
+    again = aligner.correct(model, tok, QUESTIONS[:4], ANSWERS[:4], template="aligner",
+                            max_new_tokens=4, prompt_buckets=(64,), batch_size=2)
+    assert again == [r["correction"] for r in rows]
 
 
 @pytest.mark.slow
