@@ -14,8 +14,10 @@ Two jobs (`alignjax.main`):
     (workdir/warmup/); then `config.steps` steps train on (x, y_o, y_c) from there
     (workdir/train/). Each stage is the offline runner `train.run` (resumable) with its own
     optimiser and schedule. The copy rate (`copy_rate`: held-out corrections identical to
-    their input answer) is measured before, after the warm-up and at the end
-    -> workdir/copy_rate.json.
+    their input answer, greedy decoding) is measured before, after the warm-up and at the end
+    on the first `config.aligner.copy_eval_size` held-out triplets whose answer is shorter than
+    `config.aligner.max_new_tokens` tokens (a longer one cannot be copied within the budget)
+    -> workdir/copy_rate.json and workdir/corrections_<stage>.jsonl.
   "aligner_stack" (`run_stack`, configs/aligner_stack.py): correct the answers of an upstream
     model, read from a file or sampled from one of this library's models, -> workdir/
     stacked.jsonl (question, answer, correction), and optionally judge them by a reward model
@@ -395,7 +397,11 @@ def run_train(config, workdir: str) -> dict:
     warm_ex = warmup_examples(train_ex, a.copy_share, config.seed)
     files = {name: _write_triplets(os.path.join(workdir, "data", f"{name}.jsonl"), ex)
              for name, ex in (("warmup", warm_ex), ("train", train_ex), ("eval", eval_ex))}
-    probe = eval_ex[:a.copy_eval_size]
+    # a copy of an answer longer than the decoding budget cannot be written: those are left out
+    tok = models.load_tokenizer(models.resolve_path(config.model.path))
+    fits = [e for e in eval_ex
+            if len(tok(e.answer, add_special_tokens=False).input_ids) < a.max_new_tokens]
+    probe = fits[:a.copy_eval_size]
     rates_path = os.path.join(workdir, "copy_rate.json")
     rates = {}
     if os.path.exists(rates_path):
@@ -410,7 +416,8 @@ def run_train(config, workdir: str) -> dict:
                                                           "path": model_path}, mesh),
                                    template=config.data.template)
         out = corrector([e.question for e in probe], [e.answer for e in probe])
-        rates[name] = copy_rate([e.answer for e in probe], out)
+        rates[name] = {**copy_rate([e.answer for e in probe], out),
+                       "held_out_that_fit": len(fits), "held_out": len(eval_ex)}
         write_jsonl(os.path.join(workdir, f"corrections_{name}.jsonl"),
                     [{"question": e.question, "answer": e.answer, "correction": c}
                      for e, c in zip(probe, out)])

@@ -200,7 +200,7 @@ def test_copy_warmup_job_on_a_tiny_model(tiny_model_dir, tmp_path):
     config.batch_size = config.eval_batch_size = 4
     config.log_every = config.eval_every = config.checkpoint_every = 1
     config.aligner.copy_eval_size = 2
-    config.aligner.max_new_tokens = 3
+    config.aligner.max_new_tokens = 6  # the answers (3 tokens) fit: they can be copied
     config.aligner.prompt_buckets = (64,)
     config.aligner.sample_batch = 2
     work = tmp_path / "run"
