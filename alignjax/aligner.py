@@ -186,8 +186,8 @@ def copy_rate(answers: Sequence[str], corrections: Sequence[str]) -> dict[str, f
         raise ValueError(f"copy_rate: {len(answers)} answers, {len(corrections)} corrections")
     copies = sum(is_copy(a, c) for a, c in zip(answers, corrections))
     low, high = wilson_interval(copies, len(answers))
-    return {"copy_rate": copies / len(answers), "copy_rate_ci95_low": low,
-            "copy_rate_ci95_high": high, "copies": copies, "n": len(answers)}
+    return {"copy_rate": copies / len(answers), "copy_rate_ci95_low": max(low, 0.0),
+            "copy_rate_ci95_high": min(high, 1.0), "copies": copies, "n": len(answers)}
 
 
 # ----------------------------------------------------------------------------- judging
