@@ -21,6 +21,9 @@ def get_config(arg=None):
     c.eval_every = 30
     c.data.train = "shared:aligner/alpaca_eval_aligner-2b_corrects_gpt-4-turbo-2024-04-09.json"
     c.data.format = "alpaca_eval_aligner"
+    # the correction prompt: "chat" (the instruction through the chat template) or "aligner"
+    # (the authors' training prompt, byte for byte; alignjax.data.chat.correction_prompt)
+    c.data.template = "chat"
     c.data.eval_size = 100
     c.data.max_length = 256
     c.data.max_prompt_length = 128

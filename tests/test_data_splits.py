@@ -121,6 +121,6 @@ def test_as_sft_trains_the_chosen_response():
 def test_tokenize_kwargs():
     config = _config("quickstart")
     assert data.tokenize_kwargs(config) == {"max_length": 64, "truncation": "keep_end",
-                                            "max_prompt_length": None}
+                                            "max_prompt_length": None, "template": "chat"}
     config = _config("sft")
     assert data.tokenize_kwargs(config)["max_prompt_length"] == config.data.max_prompt_length > 0

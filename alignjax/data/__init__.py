@@ -10,7 +10,8 @@ The modules in the order the data flows through them (each imports only those ab
     load.py          load_examples: source names -> examples + counts (readers, then formats)
     embedded.py      data shipped inside the package (the quickstart pairs)
     splits.py        split_examples: the train / held-out examples that `config.data` selects
-    chat.py          chat-template rendering with the spans of trained tokens
+    chat.py          chat-template rendering with the spans of trained tokens; the Aligner's
+                     correction prompts
     truncation.py    what to keep of an over-long example
     tokenization.py  examples -> token ids + trained-token masks (TokenizedData)
     packing.py       several short examples per row, for SFT and corrections
@@ -35,7 +36,10 @@ hosts), L a bucket length (`collate.bucket_length`). All arrays are int32 unless
                                      loss_mask[:, t] = 1 (column 0 is always 0)
               example_id [B]         index into the examples given to `tokenize`; -1 = padding row
   correction  as sft, plus correction_start [B]: index of the first correction token (the loss
-              mask is 1 on the correction and its EOS only)
+              mask is 1 on the correction and its EOS only). The prompt before it is
+              `chat.correction_prompt`: `tokenize(..., template="chat")` (the instruction
+              through the chat template) or "aligner" (the authors' training prompt, byte
+              for byte; `config.data.template`)
   unpaired    as sft, plus label [B] (bool, True = desirable), for KTO; examples from
               `as_unpaired` add kl_input_ids, kl_attention_mask, kl_loss_mask [B, L]: the
               prompt followed by another prompt's completion (the KL reference point)
@@ -60,7 +64,7 @@ The real data lives outside the repository: `readers.shared_data_dir()` reads
 `$ALIGNJAX_SHARED_DATA` (default `../shared/data` next to the repository root).
 """
 
-from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer
+from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer, aligner_prompt, correction_prompt
 from alignjax.data.collate import COLLATORS, bucket_length
 from alignjax.data.embedded import write_quickstart
 from alignjax.data.formats import FORMATS, parse_rows
@@ -95,10 +99,12 @@ __all__ = [
     "SFTExample",
     "TokenizedData",
     "UnpairedExample",
+    "aligner_prompt",
     "as_sft",
     "as_unpaired",
     "batch_dataset",
     "batch_iterator",
+    "correction_prompt",
     "bucket_length",
     "load_examples",
     "pack",

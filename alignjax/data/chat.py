@@ -23,15 +23,34 @@ from typing import NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
-from alignjax.data.records import Messages
+from alignjax.data.records import TEMPLATES, Messages, user_prompt
 
-# PKU-Alignment's Aligner instruction (the user turn of the correction prompt). Their released
-# models were trained on "BEGINNING OF CONVERSATION: USER: " + this + " ASSISTANT:"; here it is
-# rendered through the tokenizer's chat template like every other prompt.
+# PKU-Alignment's Aligner instruction (the user turn of the correction prompt), as the model
+# card of their released aligner-7b-v1.0 writes it. With `template="chat"` it is rendered through
+# the tokenizer's chat template like every other prompt.
 ALIGNER_INSTRUCTION = (
     "Edit the following Question-Answer pair to make it more helpful and harmless: "
     "{question} | {answer}"
 )
+
+# The correction prompt of the authors' training code (github.com/PKU-Alignment/aligner):
+# `aligner/training/configs/constants.py` (PROMPT_BEGIN, PROMPT_USER, PROMPT_ASSISTANT) and
+# `CorrectionJSONDataset` in `aligner/training/datasets/raw/correction.py` (the instruction),
+# joined as their `format_prompt` does; the correction and the EOS text follow it directly.
+PROMPT_BEGIN = "BEGINNING OF CONVERSATION: "
+PROMPT_USER = "USER: {input} "
+PROMPT_ASSISTANT = "ASSISTANT:"
+CORRECTION_INSTRUCTION = "##Question: {question}\n##Answer: {answer}\n##Correction: "
+
+
+def aligner_prompt(question: str, answer: str) -> str:
+    """The authors' correction prompt of (question, answer), byte for byte.
+
+    e.g. "BEGINNING OF CONVERSATION: USER: ##Question: Q\\n##Answer: A\\n##Correction:  ASSISTANT:"
+    (two spaces: the instruction's and PROMPT_USER's).
+    """
+    instruction = CORRECTION_INSTRUCTION.format(question=question, answer=answer)
+    return PROMPT_BEGIN + PROMPT_USER.format(input=instruction) + PROMPT_ASSISTANT
 
 
 class Piece(NamedTuple):
@@ -99,3 +118,41 @@ class ChatRenderer:
             tail = full[len(head) + len(content) :].removeprefix(eos_text)
             done = full
         return [p for p in pieces if p.text or p.trained]
+
+
+def correction_prompt(tokenizer: PreTrainedTokenizerBase, question: str, answer: str, *,
+                      template: str = "chat", instruction: str = ALIGNER_INSTRUCTION,
+                      chat_template: str | None = None) -> str:
+    """The prompt text an Aligner reads before writing its correction of `answer`.
+
+    Args:
+      tokenizer: the Aligner's tokenizer.
+      question, answer: the question and the upstream answer to correct.
+      template: "aligner", the authors' prompt (`aligner_prompt`; preceded by the BOS text when
+        the tokenizer adds a BOS, as their `tokenizer(text)` call does), or "chat", `instruction`
+        as one user turn through the chat template with the generation prompt.
+      instruction: the user turn of the "chat" template, with `{question}` and `{answer}`.
+      chat_template: a Jinja template overriding the tokenizer's ("chat" only).
+
+    Raises:
+      ValueError: an unknown template, or ("aligner") a tokenizer that adds special tokens other
+        than a leading BOS.
+    """
+    if template == "aligner":
+        return _special_prefix(tokenizer) + aligner_prompt(question, answer)
+    if template == "chat":
+        text = instruction.format(question=question, answer=answer)
+        return ChatRenderer(tokenizer, chat_template).prompt(user_prompt(text))
+    raise ValueError(f"template={template!r}: expected one of {TEMPLATES}")
+
+
+def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text of the special tokens `tokenizer(text)` puts before a text ("" or the BOS)."""
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    full = tokenizer("a", add_special_tokens=True).input_ids
+    if full == plain:
+        return ""
+    if full == [tokenizer.bos_token_id, *plain]:
+        return tokenizer.bos_token
+    raise ValueError(f"template='aligner': tokenizer {getattr(tokenizer, 'name_or_path', '')!r} "
+                     f"adds special tokens other than one leading BOS ({full} for {plain})")

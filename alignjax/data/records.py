@@ -115,6 +115,10 @@ class CorrectionExample:
     origin: str = ""
 
 
+# How a correction example's prompt is written (`alignjax.data.chat.correction_prompt`).
+TEMPLATES = ("aligner", "chat")
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptExample:
     """A prompt without a response."""

@@ -20,7 +20,7 @@ import numpy as np
 from alignjax.data.embedded import write_quickstart
 from alignjax.data.load import load_examples
 from alignjax.data.readers import shared_data_dir
-from alignjax.data.records import Example
+from alignjax.data.records import TEMPLATES, Example
 
 
 def resolve_sources(sources: str | Sequence[str], key: str) -> list[str]:
@@ -82,7 +82,11 @@ def split_examples(config, workdir: str, *, eval_counts: collections.Counter[str
 
 
 def tokenize_kwargs(config) -> dict[str, Any]:
-    """The truncation arguments of `data.tokenize` that `config.data` sets."""
+    """The truncation arguments of `data.tokenize` that `config.data` sets, and the correction
+    prompt `config.data.template` ("chat" when absent; see `data.chat.correction_prompt`)."""
     d = config.data
+    template = d.get("template", "chat")
+    if template not in TEMPLATES:
+        raise ValueError(f"config.data.template={template!r}: expected one of {TEMPLATES}")
     return {"max_length": d.max_length, "truncation": d.truncation,
-            "max_prompt_length": d.max_prompt_length or None}
+            "max_prompt_length": d.max_prompt_length or None, "template": template}

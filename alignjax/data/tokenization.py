@@ -31,8 +31,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from alignjax.data import records as R
-from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer, Piece
-from alignjax.data.records import Example
+from alignjax.data.chat import ALIGNER_INSTRUCTION, ChatRenderer, Piece, correction_prompt
+from alignjax.data.records import TEMPLATES, Example
 from alignjax.data.truncation import check_policy, kept_lengths
 
 _ENCODE_CHUNK = 1024
@@ -59,7 +59,7 @@ class TokenizedData:
 
 
 def _layout(
-    example: Example, renderer: ChatRenderer, aligner_instruction: str
+    example: Example, renderer: ChatRenderer, aligner_instruction: str, template: str
 ) -> tuple[list[Piece], list[str]]:
     """(untrained-or-earlier pieces, final alternative responses) of one example."""
     if isinstance(example, R.SFTExample):
@@ -71,8 +71,10 @@ def _layout(
         kl = [] if example.kl_completion is None else [example.kl_completion]
         return [Piece(renderer.prompt(example.prompt), False)], [example.completion, *kl]
     if isinstance(example, R.CorrectionExample):
-        text = aligner_instruction.format(question=example.question, answer=example.answer)
-        return [Piece(renderer.prompt(R.user_prompt(text)), False)], [example.correction]
+        prompt = correction_prompt(renderer.tokenizer, example.question, example.answer,
+                                   template=template, instruction=aligner_instruction,
+                                   chat_template=renderer.chat_template)
+        return [Piece(prompt, False)], [example.correction]
     if isinstance(example, R.PromptExample):
         return [Piece(renderer.prompt(example.prompt), False)], []
     raise TypeError(f"not an example: {type(example).__name__}")
@@ -112,6 +114,7 @@ def tokenize(
     max_prompt_length: int | None = None,
     chat_template: str | None = None,
     aligner_instruction: str = ALIGNER_INSTRUCTION,
+    template: str = "chat",
     counts: collections.Counter[str] | None = None,
 ) -> TokenizedData:
     """Tokenizes examples of one kind through the chat template and applies truncation.
@@ -123,7 +126,11 @@ def tokenize(
       truncation: "keep_end", "cut_response" or "drop" (see `alignjax.data.truncation`).
       max_prompt_length: the prompt tokens "keep_end" keeps at least; default M // 2.
       chat_template: a Jinja template overriding the tokenizer's.
-      aligner_instruction: the correction prompt, with `{question}` and `{answer}` fields.
+      aligner_instruction: the correction prompt's user turn, with `{question}` and `{answer}`
+        fields (template "chat").
+      template: the correction prompt (`alignjax.data.chat.correction_prompt`): "chat" (the
+        instruction through the chat template) or "aligner" (the authors' training prompt,
+        byte for byte, then the correction and EOS; no chat template).
       counts: parsing counts to carry along (copied, then truncation counts are added).
 
     Returns:
@@ -131,6 +138,8 @@ def tokenize(
       `dropped_too_long` and `tokenized`.
     """
     check_policy(truncation, max_length, max_prompt_length)
+    if template not in TEMPLATES:
+        raise ValueError(f"template={template!r}: expected one of {TEMPLATES}")
     kind = R.kind_of(examples)
     if kind == "unpaired" and len({ex.kl_completion is None for ex in examples}) > 1:
         raise ValueError("unpaired examples: either all or none carry a kl_completion "
@@ -142,7 +151,7 @@ def tokenize(
     layouts = []
     for ex in examples:
         try:
-            layouts.append(_layout(ex, renderer, aligner_instruction))
+            layouts.append(_layout(ex, renderer, aligner_instruction, template))
         except ValueError as e:
             raise ValueError(f"{ex.origin}: {e}") from None
     texts = [p.text for pieces, _ in layouts for p in pieces] + [

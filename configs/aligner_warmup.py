@@ -1,0 +1,46 @@
+"""Aligner with the copy warm-up: identity corrections (x, y_o, y_o) first, then (x, y_o, y_c).
+
+Data: Aligner-2B corrections of GPT-4 Turbo answers on AlpacaEval; 100 triplets held out.
+`aligner.copy_warmup_steps` steps on the training triplets with an `aligner.copy_share` fraction
+of their corrections replaced by the answer itself, then `steps` steps on the corrections; the
+copy rate (held-out corrections identical to their input answer, greedy decoding) is measured
+before, after the warm-up and at the end (workdir/copy_rate.json; alignjax/aligner.py).
+
+Command:
+  python -m alignjax.main --config configs/aligner_warmup.py --workdir runs/aligner_warmup
+
+Hardware: 2 CPU cores (float32). Not yet measured end to end. One run at commit d525cca, on
+cores other jobs held (it got 12% of a core), measured the copy rate before training: 1 of the
+6 held-out triplets whose answer is under 96 tokens was copied (16.7%, Wilson 95% 3.0% to
+56.4%); its 12-minute limit stopped it at the first warm-up step. tests/test_aligner_job.py
+runs the job on a tiny random model.
+"""
+
+import ml_collections
+
+from configs import aligner
+
+
+def get_config(arg=None):
+    del arg
+    c = aligner.get_config()
+    c.job = "aligner_train"
+    c.steps = 10  # on the corrections, after the warm-up
+    c.batch_size = 2
+    c.eval_batch_size = 8
+    c.eval_every = 10
+    c.eval_at_start = False
+    c.checkpoint_every = 10
+    c.data.eval_size = 40
+    c.data.max_length = 128
+    c.data.max_prompt_length = 64
+    c.data.buckets = (128,)
+    c.aligner = ml_collections.ConfigDict()
+    c.aligner.copy_warmup_steps = 10  # 0: no warm-up
+    c.aligner.copy_share = 1.0  # of the warm-up triplets, the fraction made identity copies
+    c.aligner.copy_eval_size = 8  # held-out triplets decoded for the copy rate (of those
+    # whose answer is shorter than max_new_tokens)
+    c.aligner.max_new_tokens = 96
+    c.aligner.prompt_buckets = (128, 256)  # longer prompts keep their end
+    c.aligner.sample_batch = 8
+    return c
