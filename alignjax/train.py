@@ -398,7 +398,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             raise FloatingPointError(f"{message}. Stopping (config.on_nonfinite='stop')")
         tqdm.write(f"{message}. Skipped (config.on_nonfinite='skip')")
 
-
     try:
         if start >= config.steps:
             _say(f"{workdir}: already trained to step {start} (config.steps="
