@@ -4,7 +4,8 @@ A job (`config.job = "spin"`). Round r = 1 .. `config.rounds`, in workdir/round_
 
   1. the opponent (round 1: `config.model.path`; round r: round r-1's trained model) answers the
      first `config.spin.prompts` prompts of the SFT data (`config.data.train` in
-     `config.data.format`, read as `alignjax.sample_job` reads prompts) -> opponent/samples.jsonl;
+     `config.data.format`, read as `alignjax.sample_job` reads prompts; seed `config.seed + r`)
+     -> opponent/samples.jsonl;
   2. each prompt's SFT answer is chosen and the opponent's answer rejected -> pairs.jsonl
      (preference format);
   3. DPO on the pairs with the offline runner (`alignjax.train.run`), starting from the opponent,
@@ -45,11 +46,11 @@ def sft_answers(examples: list) -> list[str]:
     return out
 
 
-def sample_config(config, model_path: str) -> ml_collections.ConfigDict:
+def sample_config(config, model_path: str, seed: int) -> ml_collections.ConfigDict:
     """The sample job's config for the opponent at `model_path`: one answer per prompt."""
     s = config.spin
     return ml_collections.ConfigDict({
-        "job": "sample", "seed": config.seed, "batch_size": s.sample_batch,
+        "job": "sample", "seed": seed, "batch_size": s.sample_batch,
         "mesh": dict(config.mesh),
         "model": {"path": model_path, "dtype": config.model.dtype,
                   "param_dtype": config.model.param_dtype},
@@ -88,7 +89,7 @@ def _round(config, workdir: str, r: int, opponent: str, answers: list[str]) -> d
     pairs_path = os.path.join(rdir, "pairs.jsonl")
     if not os.path.exists(pairs_path):
         sample_dir = os.path.join(rdir, "opponent")
-        sample_job.run(sample_config(config, opponent), sample_dir)
+        sample_job.run(sample_config(config, opponent, seed=config.seed + r), sample_dir)
         samples = read_jsonl(os.path.join(sample_dir, sample_job.OUTPUT))
         write_jsonl(pairs_path, make_pairs(samples, answers))
     pairs = read_jsonl(pairs_path)
