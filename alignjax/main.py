@@ -4,8 +4,9 @@ The config's `job` picks what runs: "train" (the default, `alignjax.train.run`),
 (`alignjax.sample_job.run`: completions of a prompt file into DIR/samples.jsonl),
 "online_dpo" (`alignjax.online_dpo.run`), "rl" (`alignjax.rl.loop.run`: PPO, GRPO, RLOO,
 REINFORCE), "best_of_n" (`alignjax.rl.best_of_n.run`), "rejection_sampling"
-(`alignjax.rejection_sampling.run`), "aligner_train" / "aligner_stack" (`alignjax.aligner`:
-the copy warm-up; correcting upstream answers and judging them) or "plan"
+(`alignjax.rejection_sampling.run`), "spin" (`alignjax.spin.run`), "aligner_train" /
+"aligner_stack" (`alignjax.aligner`: the copy warm-up; correcting upstream answers and judging
+them) or "plan"
 (`alignjax.memory.run`: the per-device memory plan of the config on `config.plan.mesh`, printed
 and written to DIR/memory_plan.json; nothing is trained). The jobs that sample add
 `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS already
@@ -43,7 +44,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 _DECODE_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
-_SAMPLING_JOBS = ("sample", "online_dpo", "rl", "best_of_n", "rejection_sampling",
+_SAMPLING_JOBS = ("sample", "online_dpo", "rl", "best_of_n", "rejection_sampling", "spin",
                   "aligner_train", "aligner_stack")
 
 
@@ -97,6 +98,10 @@ def main(argv):
         from alignjax import rejection_sampling
 
         final = rejection_sampling.run(_CONFIG.value, _WORKDIR.value)
+    elif job == "spin":
+        from alignjax import spin
+
+        final = spin.run(_CONFIG.value, _WORKDIR.value)
     elif job in ("aligner_train", "aligner_stack"):
         from alignjax import aligner
 
@@ -104,8 +109,8 @@ def main(argv):
         final = run(_CONFIG.value, _WORKDIR.value)
     else:
         raise ValueError(f"config.job={job!r}: expected 'train', 'sample', 'online_dpo', 'rl', "
-                         "'best_of_n', 'rejection_sampling', 'aligner_train', 'aligner_stack' "
-                         "or 'plan'")
+                         "'best_of_n', 'rejection_sampling', 'spin', 'aligner_train', "
+                         "'aligner_stack' or 'plan'")
     if jax.process_index() == 0:
         print(json.dumps(final, indent=2, sort_keys=True))
 

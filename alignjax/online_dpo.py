@@ -4,7 +4,11 @@ One round of online DPO, as a job (`config.job = "online_dpo"`):
 
   1. sample `samples_per_prompt` continuations of every training prompt from the model;
   2. score them with the true reward (`config.reward`, e.g. VADER sentiment) and keep the best
-     and the worst of each prompt as a (chosen, rejected) pair -> workdir/pairs.jsonl;
+     and the worst of each prompt as a (chosen, rejected) pair -> workdir/pairs.jsonl; or,
+     with `config.pairs = "rso"`, accept `config.rso.num_samples` of each prompt's samples by
+     statistical rejection sampling with `config.rso.beta` and pair those (`alignjax.rl.rso`;
+     acceptance rate and reward of the accepted against random samples ->
+     workdir/rso_stats.json);
   3. train on the pairs with the offline runner (`alignjax.train.run`, any loss of the DPO
      family) -> workdir/train/ (checkpoints every `checkpoint_every` steps);
   4. for the reference and every checkpoint, sample the held-out prompts and measure the true
@@ -19,6 +23,7 @@ checkpoint, and evaluated steps are not evaluated again.
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import numpy as np
@@ -26,7 +31,7 @@ from tqdm.auto import tqdm
 
 from alignjax import checkpoint, objectives, train
 from alignjax.evaluate import wilson_interval
-from alignjax.rl import rewards
+from alignjax.rl import rewards, rso
 from alignjax.rl.generation import Generator, mean_interval, prompts_of, user_turn
 from alignjax.rl.generation import read_jsonl as _read_jsonl
 from alignjax.rl.generation import write_jsonl as _write_jsonl
@@ -117,11 +122,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _rso_pairs(config, rows: list[dict], scores: np.ndarray, workdir: str) -> list[dict]:
+    """Pairs of the samples that statistical rejection sampling accepts; its statistics go to
+    workdir/rso_stats.json (written before the pairs, so a finished sampling stage has both)."""
+    rewards_PN = np.asarray(scores, np.float64).reshape(-1, config.samples_per_prompt)
+    rng = np.random.default_rng(config.seed)
+    accepted = rso.select(rewards_PN, num_samples=config.rso.num_samples,
+                          beta=config.rso.beta, rng=rng)
+    stats = rso.acceptance_stats(rewards_PN, beta=config.rso.beta, accepted=accepted, rng=rng)
+    pairs = rso.pairs(rows, rewards_PN, accepted, min_gap=config.min_reward_gap)
+    stats["pairs"] = len(pairs)
+    with open(os.path.join(workdir, "rso_stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    tqdm.write(f"rejection sampling (beta {config.rso.beta}): one-sweep acceptance rate "
+               f"{stats['acceptance_rate']:.3f}; mean reward accepted "
+               f"{stats['reward_accepted']:.3f}, random {stats['reward_random']:.3f}")
+    return pairs
+
+
 def run(config, workdir: str) -> dict:
     """Samples, labels, trains and judges as the module docstring says; returns the results."""
     os.makedirs(workdir, exist_ok=True)
     reward_fn = rewards.get(config.reward)
     objectives.make(config.objective, config.loss.to_dict())  # bad loss keys fail now
+    if config.get("pairs", "best_worst") not in ("best_worst", "rso"):
+        raise ValueError(f"config.pairs={config.pairs!r}: expected 'best_worst' or 'rso'")
+    if config.get("pairs", "best_worst") == "rso":
+        rso.check(config.rso.beta, config.rso.num_samples, config.samples_per_prompt)
     train_openings, eval_openings = prompts_of(config)
     gen, graphdef, ref_params = Generator.from_config(config)
 
@@ -130,7 +157,10 @@ def run(config, workdir: str) -> dict:
         rows = gen(ref_params, train_openings, n=config.samples_per_prompt, seed=config.seed,
                    desc="sampling pairs")
         scores = reward_fn([r["prompt"] for r in rows], [r["response"] for r in rows])
-        pairs = make_pairs(rows, scores, config.samples_per_prompt, config.min_reward_gap)
+        if config.get("pairs", "best_worst") == "rso":
+            pairs = _rso_pairs(config, rows, scores, workdir)
+        else:
+            pairs = make_pairs(rows, scores, config.samples_per_prompt, config.min_reward_gap)
         _write_jsonl(pairs_path, pairs)
     pairs = _read_jsonl(pairs_path)
     tqdm.write(f"{len(pairs)} pairs from {len(train_openings)} prompts; mean reward chosen "

@@ -16,6 +16,7 @@ examples either way.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import glob
 import json
@@ -36,6 +37,7 @@ from alignjax import checkpoint, models, objectives, sharding, steps
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
 from alignjax import metrics as metrics_lib
+from alignjax import reference as reference_lib
 
 
 def _as_inputs(objective: steps.Objective, examples):
@@ -174,7 +176,7 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
         writer: metrics_lib.Writer, evaluate: Callable[[Any], dict] | None = None,
         frozen: Any = None, log_every: int = 1, eval_every: int = 0,
         desc: str = "train", on_nonfinite: Callable[..., None] | None = None,
-        ) -> tuple[steps.TrainState, dict[str, float]]:
+        stop_at: int | None = None) -> tuple[steps.TrainState, dict[str, float]]:
     """Steps `state` to `num_steps`: logs, evaluates, checkpoints (the final step always).
 
     Args:
@@ -192,6 +194,8 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
       desc: the progress bar's label.
       on_nonfinite: `on_nonfinite(step, host batch, state, metrics)`, called after a step that
         was not applied (`train/nonfinite`); it may raise to stop the run.
+      stop_at: stop after this step (default `num_steps`), checkpointed: one segment of a run
+        whose reference moves (`alignjax.reference`).
 
     Returns:
       The final state and the metrics logged at the last step.
@@ -200,7 +204,7 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
     bar = tqdm(total=num_steps, initial=start, desc=desc, unit="step",
                disable=not sharding.is_main_process())
     last, tokens, t0 = {}, 0, time.time()
-    for step in range(start, num_steps):
+    for step in range(start, num_steps if stop_at is None else stop_at):
         host = next(batches)
         batch = to_device(host)
         # counted on the global batch: with several hosts each holds only its rows
@@ -224,7 +228,8 @@ def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: in
         if logged:
             writer.write(done, logged)
             last = logged
-        checkpointer.save(done, state, batches.get_state(), force=done == num_steps)
+        checkpointer.save(done, state, batches.get_state(),
+                          force=done in (num_steps, stop_at))
         bar.update(1)
     bar.close()
     return state, last
@@ -234,6 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.objective` as configured; returns the last logged metrics."""
     objective = objectives.make(config.objective, config.loss.to_dict())
     mesh = check_config(config)
+    reference_lib.check(config, has_reference=objective.reference is not None)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -256,24 +262,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     del model
     buckets = tuple(config.data.buckets or ())
     passes = {"batch_size": config.eval_batch_size, "buckets": buckets}
-    frozen, train_cache, eval_cache = None, None, None
-    if objective.reference is not None and config.ref_cache:
-        # one pass now instead of a reference forward in every step
+    moving = reference_lib.moves(config)
+    _, _, _, stages = reference_lib.settings(config)
+    # sDPO: every stage trains on its own consecutive part of the examples
+    stage_data = [train_data] if stages == 1 else [
+        dataclasses.replace(train_data, examples=part)
+        for part in reference_lib.stage_examples(train_data.examples, stages)]
+    has_reference = objective.reference is not None
+    frozen, ref_fn = None, None
+    model_key = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
+    if has_reference and config.ref_cache:
+        # one pass per reference instead of a reference forward in every step
         # replicated outputs: every process reads the values of the whole batch
         ref_fn = sharding.under(mesh, jax.jit(
             lambda p, b: objective.reference(nnx.merge(graphdef, p), b),
             out_shardings=sharding.replicated(mesh)))
-        model_key = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
-        caches = {}
-        for name, data in (("train", train_data), ("eval", eval_data)):
-            if data is not None:  # saved, so that a resumed run does not repeat the pass
-                caches[name] = evaluate_lib.reference_cache(
-                    ref_fn, params, data, mesh, **passes,
-                    path=os.path.join(workdir, "reference_cache", f"{name}.npz"),
-                    key=evaluate_lib.fingerprint(data, model_key, config.objective))
-        train_cache, eval_cache = caches["train"], caches.get("eval")
-    elif objective.reference is not None:
+    elif has_reference:
         frozen = objectives.Frozen(graphdef, jax.tree.map(jnp.copy, params))
+
+    def cache_of(name: str, data, ref_params, begin: int) -> evaluate_lib.ReferenceCache:
+        """Reference values of `data` under the reference in effect from step `begin`; saved,
+        so that a resumed run does not repeat the pass."""
+        moved = () if begin == 0 else (  # a moved reference: its checksums are in the key
+            f"reference from step {begin}", json.dumps(checkpoint.fingerprint(ref_params)))
+        return evaluate_lib.reference_cache(
+            ref_fn, ref_params, data, mesh, **passes, desc=f"reference ({name})",
+            path=os.path.join(workdir, "reference_cache", f"{name}.npz"),
+            key=evaluate_lib.fingerprint(data, model_key, config.objective, *moved))
+
+    train_cache = eval_cache = None
+    if ref_fn is not None and not moving:  # the initial model is the reference throughout
+        train_cache = cache_of("train", train_data, params, 0)
+        eval_cache = cache_of("eval", eval_data, params, 0) if eval_data is not None else None
+    initial_ref = None  # a moving reference starts as a copy (the state's params are donated)
+    if has_reference and moving:
+        initial_ref = frozen.params if frozen is not None else jax.tree.map(jnp.copy, params)
 
     tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
     init = functools.partial(steps.init_state, tx=tx, seed=config.seed)
@@ -286,33 +309,74 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                        batch_sharding=sharding.batch_sharding(mesh),
                                        frozen_sharding=frozen_sharding,
                                        micro_batches=config.micro_batches, mesh=mesh)
-    # each host reads only the rows of the global batch that its devices hold
-    batches = data_lib.batch_iterator(train_data, batch_size=config.batch_size, seed=config.seed,
-                                      num_epochs=None, bucket_lengths=buckets or None,
-                                      rows=sharding.host_rows(mesh, config.batch_size))
+
+    def batches_of(stage: int):
+        # each host reads only the rows of the global batch that its devices hold
+        return data_lib.batch_iterator(stage_data[stage], batch_size=config.batch_size,
+                                       seed=config.seed + stage, num_epochs=None,
+                                       bucket_lengths=buckets or None,
+                                       rows=sharding.host_rows(mesh, config.batch_size))
+
     ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
                                    every=config.checkpoint_every, best_metric=config.best_metric,
                                    best_mode=config.best_mode)
     restored = ckpt.restore(state)
+    data_state = None
     if restored is not None:
         state, data_state = restored
-        batches.set_state(data_state)
         _say(f"resumed from step {int(state.step)}")
     start = int(state.step)
     writer = metrics_lib.Writer(workdir, resume_step=start)
+    segments = [s for s in reference_lib.segments(config) if s.end > start]
+    # live: the reference in effect and what was computed from it
+    live = {"begin": 0, "ref": initial_ref, "frozen": frozen, "train_cache": train_cache,
+            "eval_cache": eval_cache, "eval_begin": None if moving else 0}
+    if moving:
+        sync, alpha, _, _ = reference_lib.settings(config)
+        new_reference = reference_lib.make_update(  # sDPO: the policy at every stage's start
+            "hard" if stages > 1 else sync, alpha, jax.tree.map(lambda x: x.sharding, initial_ref))
+
+    def reference_from(begin: int):
+        """The reference in effect from step `begin`: saved, or (a run stopped right after the
+        checkpoint at `begin`) made again from the policy at `begin` and the one before."""
+        if begin == 0:
+            return initial_ref
+        saved = reference_lib.restore(workdir, begin, initial_ref)
+        if saved is not None:
+            return saved
+        before = [s.begin for s in reference_lib.segments(config) if s.begin < begin]
+        if start != begin or not before:
+            raise FileNotFoundError(f"{workdir}/reference/{begin}: the reference of the steps "
+                                    f"from {begin} is missing (resuming from step {start})")
+        ref = new_reference(reference_from(before[-1]), state.params)
+        reference_lib.save(workdir, begin, ref)
+        return ref
+
+    def use_reference(begin: int, ref, stage: int) -> None:
+        live.update(begin=begin, ref=ref)
+        if frozen is not None:
+            live["frozen"] = objectives.Frozen(graphdef, ref)
+        if ref_fn is not None:
+            live["train_cache"] = cache_of("train", stage_data[stage], ref, begin)
 
     evaluate = None
     if eval_data is not None:
         eval_fn = sharding.under(mesh, jax.jit(functools.partial(
             steps.eval_metrics, graphdef=graphdef, objective=objective),
             out_shardings=sharding.replicated(mesh)))
-        evaluate = lambda s: evaluate_lib.evaluate(  # noqa: E731
-            lambda p, b: eval_fn(p, b, frozen), s.params, eval_data, mesh, cache=eval_cache,
-            **passes)
+
+        def evaluate(s):
+            if ref_fn is not None and live["eval_begin"] != live["begin"]:
+                # held-out values of the reference in effect, once per reference evaluated
+                live["eval_cache"] = cache_of("eval", eval_data, live["ref"], live["begin"])
+                live["eval_begin"] = live["begin"]
+            return evaluate_lib.evaluate(
+                lambda p, b: eval_fn(p, b, live["frozen"]), s.params, eval_data, mesh,
+                cache=live["eval_cache"], **passes)
 
     def to_device(host):
-        if train_cache is not None:
-            host = train_cache.add_to(host)
+        if live["train_cache"] is not None:
+            host = live["train_cache"].add_to(host)
         return sharding.host_to_global(
             {k: v for k, v in host.items() if k not in evaluate_lib.HOST_ONLY}, mesh,
             config.batch_size)
@@ -345,11 +409,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 initial = evaluate(state)
                 writer.write(0, initial)
                 _say(f"step 0: {initial}")
-            state, last = fit(state, train_step, batches, num_steps=config.steps,
-                              to_device=to_device, checkpointer=ckpt, writer=writer,
-                              evaluate=evaluate, frozen=frozen, log_every=config.log_every,
-                              eval_every=config.eval_every, desc=config.objective,
-                              on_nonfinite=on_nonfinite)
+            batches, stage, ref = None, None, None
+            for seg in segments:
+                if moving:  # the reference of this segment, and its cached values
+                    use_reference(seg.begin, ref if ref is not None else
+                                  reference_from(seg.begin), seg.stage)
+                if seg.stage != stage:
+                    batches, stage = batches_of(seg.stage), seg.stage
+                    if data_state is not None and (stages == 1 or start > seg.begin):
+                        batches.set_state(data_state)  # resumed inside this stage
+                    data_state = None
+                state, last = fit(state, train_step, batches, num_steps=config.steps,
+                                  stop_at=seg.end, to_device=to_device, checkpointer=ckpt,
+                                  writer=writer, evaluate=evaluate, frozen=live["frozen"],
+                                  log_every=config.log_every, eval_every=config.eval_every,
+                                  desc=config.objective, on_nonfinite=on_nonfinite)
+                if moving and seg.end < config.steps:  # saved before training goes on
+                    ref = new_reference(live["ref"], state.params)
+                    reference_lib.save(workdir, seg.end, ref)
     finally:
         ckpt.close()
         writer.close()

@@ -33,7 +33,10 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
     c.best_mode = "min"
     c.export = True
     c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
-    c.ref_cache = True  # DPO family: reference log-probs computed once, before training
+    c.ref_cache = True  # DPO family: reference log-probs computed once per reference
+    # a reference that moves (alignjax/reference.py): TR-DPO's "soft" (ref <- alpha * policy +
+    # (1 - alpha) * ref) or "hard" (ref <- policy) update every `tau` steps; TRL's defaults
+    c.reference = ml_collections.ConfigDict({"sync": "none", "alpha": 0.6, "tau": 512})
     c.on_nonfinite = "stop"  # a step with a non-finite loss or gradient: "stop" or "skip" it
 
     c.model = ml_collections.ConfigDict()
@@ -56,6 +59,7 @@ def base(objective: str = "sft") -> ml_collections.ConfigDict:
     c.data.buckets = (64, 128)
     c.data.on_malformed = "raise"  # or "skip" (counted): rows with a missing / wrong field
     c.data.on_empty = "keep"  # an empty response: "keep" / "drop" (counted) or "raise"
+    c.data.stages = 1  # sDPO: > 1 consecutive parts, trained in turn, ref <- policy at each
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-5

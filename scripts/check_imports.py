@@ -29,10 +29,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("steps", ("alignjax.steps",)),
     ("objectives", ("alignjax.objectives",)),
     ("services", ("alignjax.metrics", "alignjax.checkpoint", "alignjax.evaluate",
-                  "alignjax.sampler", "alignjax.draw", "alignjax.memory", "alignjax.workdir")),
+                  "alignjax.reference", "alignjax.sampler", "alignjax.draw", "alignjax.memory",
+                  "alignjax.workdir")),
     ("rl", ("alignjax.rl",)),  # rewards, rollout, loop: the RL loop needs no runner
     ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo",
-                 "alignjax.sample_job", "alignjax.rejection_sampling")),
+                 "alignjax.sample_job", "alignjax.rejection_sampling", "alignjax.spin")),
     ("entry", ("alignjax.main",)),
 ]
 
