@@ -115,20 +115,26 @@ def abstract_batch(objective: steps.Objective, rows: int, length: int,
     return batch
 
 
-def abstract_step(config, cfg: ModelConfig, mesh, layers: int) -> dict[str, Any]:
-    """The jitted train step of the config (with `layers` blocks) and its abstract state, batch
-    and frozen model, each leaf with its sharding on `mesh`."""
-    cfg = cfg.replace(num_layers=layers)
+def _abstract_state(config, cfg: ModelConfig, mesh):
+    """(objective, graphdef, abstract params, optimiser, abstract train state, its shardings)
+    of the config's model `cfg` on `mesh`: shapes and shardings only, nothing allocated."""
     objective = objectives.make(config.objective, config.loss.to_dict())
     graphdef, abstract = abstract_model(cfg, objective.head)
     with nnx.logical_axis_rules(sharding.DEFAULT_RULES):
         param_sh = sharding.param_shardings(abstract, mesh)
     params = _abstract(abstract, param_sh)
     tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
-    init = functools.partial(steps.init_state, tx=tx, seed=config.seed)
-    state_abs = jax.eval_shape(init, params)
+    state_abs = jax.eval_shape(functools.partial(steps.init_state, tx=tx, seed=config.seed),
+                               params)
     state_sh = sharding.state_shardings(state_abs, param_sh, tx, mesh)
-    state = _abstract(state_abs, state_sh)
+    return objective, graphdef, params, tx, _abstract(state_abs, state_sh), state_sh
+
+
+def abstract_step(config, cfg: ModelConfig, mesh, layers: int) -> dict[str, Any]:
+    """The jitted train step of the config (with `layers` blocks) and its abstract state, batch
+    and frozen model, each leaf with its sharding on `mesh`."""
+    cfg = cfg.replace(num_layers=layers)
+    objective, graphdef, params, tx, state, state_sh = _abstract_state(config, cfg, mesh)
     bsh = sharding.batch_sharding(mesh)
     batch = abstract_batch(objective, config.batch_size, config.data.max_length, bsh)
     frozen = frozen_sh = None
@@ -219,15 +225,7 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _full_terms(config, cfg: ModelConfig, mesh) -> dict[str, int]:
     """The exact terms (shard shapes of abstract arrays) of the full-depth model."""
-    objective = objectives.make(config.objective, config.loss.to_dict())
-    graphdef, abstract = abstract_model(cfg, objective.head)
-    with nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-        param_sh = sharding.param_shardings(abstract, mesh)
-    params = _abstract(abstract, param_sh)
-    tx = steps.optimizer(total_steps=config.steps, **config.optim.to_dict())
-    state_abs = jax.eval_shape(functools.partial(steps.init_state, tx=tx, seed=config.seed),
-                               params)
-    state = _abstract(state_abs, sharding.state_shardings(state_abs, param_sh, tx, mesh))
+    objective, _, _, _, state, _ = _abstract_state(config, cfg, mesh)
     p = shard_bytes(state.params)
     batch = abstract_batch(objective, config.batch_size, config.data.max_length,
                            sharding.batch_sharding(mesh))

@@ -26,16 +26,8 @@ from collections import defaultdict
 
 import numpy as np
 
-
-def _rows(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _interval(x) -> tuple[float, float, float]:
-    x = np.asarray(x, np.float64)
-    half = 1.959964 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("inf")
-    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+from alignjax.rl.generation import mean_interval as _interval
+from alignjax.rl.generation import read_jsonl as _rows
 
 
 def _by_prompt(rows: list[dict], key: str, prompts: list[str]) -> np.ndarray:
