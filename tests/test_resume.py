@@ -33,6 +33,7 @@ def final_metrics(workdir: str) -> dict[int, dict]:
     return out
 
 
+@pytest.mark.slow  # three runs in subprocesses, SIGKILL mid-run: about 2 min on two cores
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
     subprocess.run(command(tiny_model_dir, straight), cwd=REPO, check=True,
