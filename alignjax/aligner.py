@@ -20,9 +20,11 @@ Two jobs (`alignjax.main`):
     -> workdir/copy_rate.json and workdir/corrections_<stage>.jsonl.
   "aligner_stack" (`run_stack`, configs/aligner_stack.py): correct the answers of an upstream
     model, read from a file or sampled from one of this library's models, -> workdir/
-    stacked.jsonl (question, answer, correction), and optionally judge them by a reward model
-    (`judge`: win / tie / lose, the paper's improvement percentage with a bootstrap interval,
-    the length change) -> workdir/judge.json.
+    stacked.jsonl (question, answer, correction), and optionally judge them by reward models
+    (`config.judge.reward_models`, e.g. helpful and harmless; `judge`: win / tie / lose, the
+    paper's improvement percentage with a bootstrap interval, the reward gain with the length
+    change regressed out and on a length-matched subset, the length change)
+    -> workdir/judge.json.
 
 For notebooks: `correct(model, tokenizer, questions, answers)` and `stack(corrector, ...)`.
 """
@@ -247,38 +249,84 @@ def judge(score: ScoreFn, questions: Sequence[str], originals: Sequence[str],
         return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
     low, high = interval(outcome * 100.0)
+    g_low, g_high = interval(diff)
     chars = np.array([len(c) - len(o) for o, c in zip(originals, corrected)], np.float64)
     c_low, c_high = interval(chars)
     out = {"n": n, "wins": int((outcome == 1).sum()), "ties": int((outcome == 0).sum()),
            "losses": int((outcome == -1).sum()), "improvement_pct": float(outcome.mean() * 100),
-           "improvement_ci95_low": low, "improvement_ci95_high": high,
+           "improvement_pct_ci95_low": low, "improvement_pct_ci95_high": high,
            "reward_original": float(s_orig.mean()), "reward_corrected": float(s_corr.mean()),
+           "reward_gain": float(diff.mean()), "reward_gain_ci95_low": g_low,
+           "reward_gain_ci95_high": g_high,
            "length_change_chars": float(chars.mean()), "length_change_chars_ci95_low": c_low,
            "length_change_chars_ci95_high": c_high,
            "length_original_chars": float(np.mean([len(o) for o in originals]))}
+    length, original_length = chars, np.array([len(o) for o in originals], np.float64)
     if tokenizer is not None:
         count = lambda t: len(tokenizer(t, add_special_tokens=False).input_ids)  # noqa: E731
-        toks = np.array([count(c) - count(o) for o, c in zip(originals, corrected)], np.float64)
-        t_low, t_high = interval(toks)
-        out.update({"length_change_tokens": float(toks.mean()),
+        original_length = np.array([count(o) for o in originals], np.float64)
+        length = np.array([count(c) for c in corrected], np.float64) - original_length
+        t_low, t_high = interval(length)
+        out.update({"length_change_tokens": float(length.mean()),
                     "length_change_tokens_ci95_low": t_low,
                     "length_change_tokens_ci95_high": t_high})
+    out.update(_length_controls(diff, outcome, length, original_length, draws, seed + 1))
     return out
 
 
-def judge_table(result: dict[str, float]) -> str:
-    """A Markdown row of a `judge` result."""
-    r = result
-    tokens = (f" | {r['length_change_tokens']:+.1f} ({r['length_change_tokens_ci95_low']:+.1f} "
-              f"to {r['length_change_tokens_ci95_high']:+.1f})" if "length_change_tokens" in r
-              else " | -")
-    return ("| n | win / tie / lose | improvement % (95% bootstrap CI) | length change, chars "
-            "| length change, tokens |\n|---|---|---|---|---|\n"
-            f"| {r['n']} | {r['wins']} / {r['ties']} / {r['losses']} | "
-            f"{r['improvement_pct']:+.1f} ({r['improvement_ci95_low']:+.1f} to "
-            f"{r['improvement_ci95_high']:+.1f}) | {r['length_change_chars']:+.0f} "
-            f"({r['length_change_chars_ci95_low']:+.0f} to "
-            f"{r['length_change_chars_ci95_high']:+.0f}){tokens} |")
+def _length_controls(diff: np.ndarray, outcome: np.ndarray, length: np.ndarray,
+                     original_length: np.ndarray, draws: np.ndarray, seed: int
+                     ) -> dict[str, float]:
+    """The judge's preference with the length change taken out, two ways.
+
+    Regressed: the least-squares fit diff = a + b * length_change over the pairs; `a` is the
+    reward gain of a correction that keeps the length ("length_adjusted_gain"), `b` the reward
+    per unit of added length; intervals from the same bootstrap draws. Matched: the pairs whose
+    length changes by at most 10% of the original's (at least 1 unit) and their improvement
+    percentage, with a 95% percentile bootstrap interval over those pairs (`seed`)."""
+    def fit(d: np.ndarray, x: np.ndarray) -> np.ndarray:  # [..., n] -> [..., 2] = (a, b)
+        xm, dm = x.mean(-1, keepdims=True), d.mean(-1, keepdims=True)
+        var = ((x - xm) ** 2).sum(-1)
+        b = np.where(var > 0, ((x - xm) * (d - dm)).sum(-1) / np.where(var > 0, var, 1.0), 0.0)
+        return np.stack([dm[..., 0] - b * xm[..., 0], b], -1)
+
+    a, b = fit(diff, length)
+    boot = fit(diff[draws], length[draws])
+    matched = np.abs(length) <= np.maximum(0.1 * original_length, 1.0)
+    out = {"length_adjusted_gain": float(a), "length_slope": float(b),
+           "length_adjusted_gain_ci95_low": float(np.percentile(boot[:, 0], 2.5)),
+           "length_adjusted_gain_ci95_high": float(np.percentile(boot[:, 0], 97.5)),
+           "length_matched_n": int(matched.sum())}
+    if matched.any():
+        m = outcome[matched] * 100.0
+        means = m[np.random.default_rng(seed).integers(0, len(m), (len(draws), len(m)))].mean(1)
+        out.update({"length_matched_wins": int((m > 0).sum()),
+                    "length_matched_ties": int((m == 0).sum()),
+                    "length_matched_losses": int((m < 0).sum()),
+                    "length_matched_improvement_pct": float(m.mean()),
+                    "length_matched_improvement_pct_ci95_low": float(np.percentile(means, 2.5)),
+                    "length_matched_improvement_pct_ci95_high": float(np.percentile(means, 97.5))})
+    return out
+
+
+def judge_table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of `judge` results, one row per judge name."""
+    def ci(r, key, fmt):
+        return (f"{r[key]:{fmt}} ({r[key + '_ci95_low']:{fmt}} to "
+                f"{r[key + '_ci95_high']:{fmt}})")
+
+    lines = ["| judge | n | win / tie / lose | improvement % (95% CI) | reward gain "
+             "| length-adjusted gain | length-matched: n, improvement % | length change, "
+             "chars | length change, tokens |", "|" + "---|" * 9]
+    for name, r in results.items():
+        matched = (f"{r['length_matched_n']}, {ci(r, 'length_matched_improvement_pct', '+.1f')}"
+                   if r.get("length_matched_n") else "0")
+        tokens = ci(r, "length_change_tokens", "+.1f") if "length_change_tokens" in r else "-"
+        lines.append(f"| {name} | {r['n']} | {r['wins']} / {r['ties']} / {r['losses']} | "
+                     f"{ci(r, 'improvement_pct', '+.1f')} | {ci(r, 'reward_gain', '+.3f')} | "
+                     f"{ci(r, 'length_adjusted_gain', '+.3f')} | {matched} | "
+                     f"{ci(r, 'length_change_chars', '+.0f')} | {tokens} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the jobs
@@ -326,8 +374,19 @@ def run_stack(config, workdir: str, corrector: Corrector | None = None) -> dict:
         raise FileNotFoundError(f"config.answers.path: no such file {path!r}")
     questions, answers = read_answers(path, config.answers.question_field,
                                       config.answers.answer_field, config.answers.limit)
+    read = len(answers)
+    if config.answers.fit and not config.upstream.path:
+        # only the answers a correction can copy within the decoding budget (as for the copy
+        # rate): a longer one would be cut short and judged for it
+        tok = models.load_tokenizer(models.resolve_path(config.model.path))
+        keep = [i for i, a in enumerate(answers)
+                if len(tok(a, add_special_tokens=False).input_ids) < config.aligner.max_new_tokens]
+        if not keep:
+            raise ValueError(f"{path}: no answer is shorter than config.aligner.max_new_tokens="
+                             f"{config.aligner.max_new_tokens} tokens (config.answers.fit)")
+        questions, answers = [questions[i] for i in keep], [answers[i] for i in keep]
     mesh = _mesh(config) if corrector is None or config.upstream.path or \
-        config.judge.reward_model else None
+        any(config.judge.reward_models.values()) else None
     if config.upstream.path:  # answers sampled from an upstream model of this library
         up_path = os.path.join(workdir, "upstream.jsonl")
         if not os.path.exists(up_path):
@@ -347,20 +406,24 @@ def run_stack(config, workdir: str, corrector: Corrector | None = None) -> dict:
         rows = stack(corrector, questions, answers, batch_size=config.aligner.sample_batch)
         write_jsonl(out_path, rows)
     rows = read_jsonl(out_path)
-    summary = {"rows": len(rows), "stacked": out_path,
+    summary = {"rows": len(rows), "rows_read": read, "stacked": out_path,
                **copy_rate([r["answer"] for r in rows], [r["correction"] for r in rows])}
-    if config.judge.reward_model:
-        rm_model, _, rm_tok = models.load(
-            {**config.model.to_dict(), "path": config.judge.reward_model}, mesh, head="scalar")
-        score = reward_model_scores(rm_model, rm_tok, mesh=mesh,
-                                    max_length=config.judge.max_length,
-                                    batch_size=config.aligner.sample_batch)
-        result = judge(score, [r["question"] for r in rows], [r["answer"] for r in rows],
-                       [r["correction"] for r in rows], tokenizer=rm_tok, seed=config.seed)
+    judges = {name: path for name, path in config.judge.reward_models.items() if path}
+    if judges:
+        results = {}
+        for name, rm_path in judges.items():
+            rm_model, _, rm_tok = models.load({**config.model.to_dict(), "path": rm_path}, mesh,
+                                              head="scalar")
+            score = reward_model_scores(rm_model, rm_tok, mesh=mesh,
+                                        max_length=config.judge.max_length,
+                                        batch_size=config.aligner.sample_batch)
+            results[name] = judge(score, [r["question"] for r in rows],
+                                  [r["answer"] for r in rows], [r["correction"] for r in rows],
+                                  tokenizer=rm_tok, seed=config.seed)
         with open(os.path.join(workdir, "judge.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        tqdm.write(judge_table(result))
-        summary["judge"] = result
+            json.dump(results, f, indent=2)
+        tqdm.write(judge_table(results))
+        summary["judge"] = results
     return summary
 
 

@@ -3,13 +3,16 @@
 Answers are read from a file (default: GPT-4 Turbo's AlpacaEval answers, `original_output`;
 the Claude 3 Opus and Qwen1.5-72B files in the same directory hold theirs), or sampled from one
 of this library's models (`upstream.path`). Writes workdir/stacked.jsonl (question, answer,
-correction) and, with `judge.reward_model` (a reward model trained by configs/rm.py, e.g.
-runs/rm/export), workdir/judge.json: win / tie / lose, the improvement percentage
-((wins - losses) / comparisons) with its 95% bootstrap interval, and the length change.
+correction) and, with `judge.reward_models` (reward models trained by configs/rm.py, e.g.
+configs/rm.py:helpful_small and configs/rm.py:harmless_small), workdir/judge.json per judge:
+win / tie / lose, the improvement percentage ((wins - losses) / comparisons) and the reward
+gain with 95% bootstrap intervals, the gain with the length change regressed out and on a
+length-matched subset, and the length change.
 
 Command:
   python -m alignjax.main --config configs/aligner_stack.py --workdir runs/aligner_stack \
-      --config.model.path=runs/aligner_warmup/train/export [--config.judge.reward_model=...]
+      --config.model.path=runs/aligner_warmup/train/export \
+      [--config.judge.reward_models.helpful=... --config.judge.reward_models.harmless=...]
 
 Hardware: 2 CPU cores (float32). Not yet measured at these settings; tests/test_aligner_job.py
 runs it on a tiny random model.
@@ -34,13 +37,15 @@ def get_config(arg=None):
     c.answers.question_field = "instruction"
     c.answers.answer_field = "original_output"
     c.answers.limit = 32  # the first N rows; 0 = all
+    c.answers.fit = True  # keep only answers shorter than aligner.max_new_tokens tokens
 
     c.upstream = ml_collections.ConfigDict()
     c.upstream.path = ""  # a model of this library: its answers replace the file's
     c.upstream.temperature = 0.0  # 0 = greedy
 
     c.judge = ml_collections.ConfigDict()
-    c.judge.reward_model = ""  # a scalar-head checkpoint (configs/rm.py); "" = not judged
+    # scalar-head checkpoints (objective "rm"), by name; "" = not judged by that one
+    c.judge.reward_models = ml_collections.ConfigDict({"helpful": "", "harmless": ""})
     c.judge.max_length = 512
 
     c.aligner = ml_collections.ConfigDict()

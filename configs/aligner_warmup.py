@@ -25,22 +25,22 @@ def get_config(arg=None):
     del arg
     c = aligner.get_config()
     c.job = "aligner_train"
-    c.steps = 10  # on the corrections, after the warm-up
-    c.batch_size = 2
+    c.steps = 20  # on the corrections, after the warm-up
+    c.batch_size = 8
     c.eval_batch_size = 8
-    c.eval_every = 10
+    c.eval_every = 20
     c.eval_at_start = False
     c.checkpoint_every = 10
-    c.data.eval_size = 40
-    c.data.max_length = 128
-    c.data.max_prompt_length = 64
-    c.data.buckets = (128,)
+    c.data.eval_size = 100  # held out: never trained on; aligner_stack corrects their answers
+    c.data.max_length = 256
+    c.data.max_prompt_length = 128
+    c.data.buckets = (128, 256)
     c.aligner = ml_collections.ConfigDict()
     c.aligner.copy_warmup_steps = 10  # 0: no warm-up
     c.aligner.copy_share = 1.0  # of the warm-up triplets, the fraction made identity copies
-    c.aligner.copy_eval_size = 8  # held-out triplets decoded for the copy rate (of those
+    c.aligner.copy_eval_size = 16  # held-out triplets decoded for the copy rate (of those
     # whose answer is shorter than max_new_tokens)
-    c.aligner.max_new_tokens = 96
+    c.aligner.max_new_tokens = 128
     c.aligner.prompt_buckets = (128, 256)  # longer prompts keep their end
     c.aligner.sample_batch = 8
     return c

@@ -9,13 +9,22 @@ Result (measured, experiments/RESULTS.md): held-out pairwise accuracy (eval/rm/a
 step 160 and 58.2% at step 320 (95% Wilson interval 55.1-61.2%, logged beside it); held-out loss
 0.679 (below log 2), margin 0.122 -> 0.175. Response length alone predicts 54.5% of these pairs
 (experiments/length_baseline.py).
+
+The Aligner's two judges (configs/aligner_stack.py, experiments/aligner_smollm2.sh) are smaller:
+`configs/rm.py:helpful_small` (the same data) and `configs/rm.py:harmless_small` (HH-RLHF
+harmless-base), each 96 steps with 400 random pairs held out; results in experiments/RESULTS.md,
+"Aligner".
 """
 
 from configs import common
 
+SMALL = {"helpful_small": common.HH_HELPFUL,
+         "harmless_small": "shared:hh-rlhf/harmless-base/test.jsonl.gz"}
+
 
 def get_config(arg=None):
-    del arg
+    if arg and arg not in SMALL:
+        raise ValueError(f"configs/rm.py:{arg}: expected one of {sorted(SMALL)} or nothing")
     c = common.base("rm")
     c.steps = 320  # 2,560 of the 5,204 training pairs, each seen once
     c.eval_every = 160
@@ -24,4 +33,8 @@ def get_config(arg=None):
     c.best_metric = "eval/rm/accuracy"
     c.best_mode = "max"
     c.optim.learning_rate = 2e-5
+    if arg:  # a judge: a third of the steps
+        c.steps, c.eval_every, c.checkpoint_every = 96, 96, 32
+        c.data.eval_size = 400
+        c.data.train = SMALL[arg]
     return c

@@ -39,6 +39,7 @@ def _stack_config(tmp_path, **answers):
     config = _config("aligner_stack")
     config.answers.path = _answers_file(tmp_path)
     config.answers.limit = 0
+    config.answers.fit = False  # tested on its own below
     config.aligner.sample_batch = 3  # 7 rows: batches of 3, 3 and 1
     config.answers.update(answers)
     return config
@@ -56,6 +57,21 @@ def test_stack_with_an_identity_corrector_returns_the_input(tmp_path):
     assert [r["answer"] for r in rows] == ANSWERS
     assert [r["correction"] for r in rows] == ANSWERS
     assert summary["copy_rate"] == 1.0 and summary["copies"] == summary["rows"] == 7
+
+
+def test_stack_keeps_only_answers_that_fit_the_decoding_budget(tmp_path, smollm2_tokenizer):
+    lengths = [len(smollm2_tokenizer(a, add_special_tokens=False).input_ids) for a in ANSWERS]
+    budget = sorted(lengths)[3] + 1  # the four shortest fit (lengths below the budget)
+    config = _stack_config(tmp_path, fit=True)
+    config.aligner.max_new_tokens = budget
+    summary = aligner.run_stack(config, str(tmp_path / "run"), corrector=identity)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "stacked.jsonl")]
+    assert [r["answer"] for r in rows] == [a for a, n in zip(ANSWERS, lengths) if n < budget]
+    assert (summary["rows"], summary["rows_read"]) == (len(rows), 7)
+    config = _stack_config(tmp_path, fit=True)
+    config.aligner.max_new_tokens = min(lengths)
+    with pytest.raises(ValueError, match="config.answers.fit"):
+        aligner.run_stack(config, str(tmp_path / "run2"), corrector=identity)
 
 
 def test_stack_keeps_each_correction_with_its_answer(tmp_path):
@@ -115,18 +131,45 @@ def test_judge_counts_and_intervals_on_a_tiny_reward_model(tiny_rm):
     wins, losses = int((s_c > s_o).sum()), int((s_c < s_o).sum())
     assert (r["wins"], r["losses"], r["ties"]) == (wins, losses, 7 - wins - losses)
     assert r["improvement_pct"] == pytest.approx(100 * (wins - losses) / 7)
-    assert r["improvement_ci95_low"] <= r["improvement_pct"] <= r["improvement_ci95_high"]
+    assert r["improvement_pct_ci95_low"] <= r["improvement_pct"] <= r["improvement_pct_ci95_high"]
     chars = [len(c) - len(a) for a, c in zip(ANSWERS, corrected)]
     assert r["length_change_chars"] == pytest.approx(np.mean(chars))
     assert r["length_change_tokens"] > 0
     # against itself: every comparison a tie, an interval of width 0
     same = aligner.judge(score, QUESTIONS, ANSWERS, ANSWERS)
-    assert (same["ties"], same["improvement_pct"], same["improvement_ci95_low"],
-            same["improvement_ci95_high"]) == (7, 0.0, 0.0, 0.0)
+    assert (same["ties"], same["improvement_pct"], same["improvement_pct_ci95_low"],
+            same["improvement_pct_ci95_high"]) == (7, 0.0, 0.0, 0.0)
     # swapped: the wins become losses
     swapped = aligner.judge(score, QUESTIONS, corrected, ANSWERS)
     assert (swapped["wins"], swapped["losses"]) == (losses, wins)
-    assert "| 7 |" in aligner.judge_table(r)
+    assert "| rm | 7 |" in aligner.judge_table({"rm": r})
+
+
+def test_length_controls_remove_a_judge_that_only_rewards_length():
+    # a judge whose score is the length in characters plus a fixed per-row quality; the
+    # corrections add length and change quality by +1 on half the rows, -1 on the others: the
+    # raw comparison favours the corrections, the length-adjusted gain is the quality change
+    rng = np.random.default_rng(0)
+    n = 200
+    quality = rng.choice([-1.0, 1.0], size=n)
+    originals = [f"{i:03d}" + "x" * int(k) for i, k in enumerate(rng.integers(20, 60, size=n))]
+    corrected = [o + "y" * int(k) for o, k in zip(originals, rng.integers(10, 40, size=n))]
+    table = {o: 0.0 for o in originals} | {c: q for c, q in zip(corrected, quality)}
+    score = lambda qs, rs: np.array([0.1 * len(r) + table[r] for r in rs])  # noqa: E731
+    r = aligner.judge(score, [""] * n, originals, corrected)
+    assert r["improvement_pct"] > 40  # length wins most comparisons
+    assert r["length_slope"] == pytest.approx(0.1, abs=0.02)
+    assert r["length_adjusted_gain"] == pytest.approx(quality.mean(), abs=0.15)
+    assert r["length_adjusted_gain_ci95_low"] < quality.mean() < r["length_adjusted_gain_ci95_high"]
+    assert r["length_matched_n"] == 0  # every correction is longer by more than 10%
+    # corrections of the same length: the matched subset is every row and the adjusted gain is
+    # the mean quality change exactly
+    same = [o[:-1] + "z" for o in originals]
+    table = {o: 0.0 for o in originals} | {c: q for c, q in zip(same, quality)}
+    r = aligner.judge(score, [""] * n, originals, same)
+    assert r["length_matched_n"] == n
+    assert r["length_adjusted_gain"] == pytest.approx(quality.mean())
+    assert r["length_matched_improvement_pct"] == pytest.approx(100 * quality.mean())
 
 
 def test_bootstrap_interval_matches_the_normal_width():
@@ -140,7 +183,7 @@ def test_bootstrap_interval_matches_the_normal_width():
     r = aligner.judge(score, [""] * n, [f"o{i}" for i in range(n)], [f"c{i}" for i in range(n)])
     outcome = np.sign(delta) * 100
     assert r["improvement_pct"] == pytest.approx(outcome.mean())
-    width = r["improvement_ci95_high"] - r["improvement_ci95_low"]
+    width = r["improvement_pct_ci95_high"] - r["improvement_pct_ci95_low"]
     assert width == pytest.approx(2 * 1.959964 * outcome.std() / np.sqrt(n), rel=0.1)
 
 
@@ -159,14 +202,15 @@ def test_stack_job_on_upstream_samples_with_a_tiny_aligner_and_judge(tiny_model_
     corrects (greedy) and, with a random scalar head, judges."""
     config = _tiny_stack_config(tmp_path, tiny_model_dir)
     config.upstream.path = tiny_model_dir
-    config.judge.reward_model = tiny_model_dir
+    config.judge.reward_models.helpful = tiny_model_dir
     config.judge.max_length = 64
     summary = aligner.run_stack(config, str(tmp_path / "run"))
     up = [json.loads(line) for line in open(tmp_path / "run" / "upstream.jsonl")]
     rows = [json.loads(line) for line in open(tmp_path / "run" / "stacked.jsonl")]
     assert [r["question"] for r in up] == [r["question"] for r in rows] == QUESTIONS[:4]
     assert [r["answer"] for r in rows] == [r["answer"] for r in up] != ANSWERS[:4]
-    assert summary["rows"] == summary["judge"]["n"] == 4
+    assert list(summary["judge"]) == ["helpful"]  # the harmless judge is unset
+    assert summary["rows"] == summary["judge"]["helpful"]["n"] == 4
     assert json.loads((tmp_path / "run" / "judge.json").read_text()) == summary["judge"]
 
 
