@@ -6,7 +6,8 @@ The config's `job` picks what runs: "train" (the default, `alignjax.train.run`),
 REINFORCE), "best_of_n" (`alignjax.rl.best_of_n.run`), "rejection_sampling"
 (`alignjax.rejection_sampling.run`), "spin" (`alignjax.spin.run`), "aligner_train" /
 "aligner_stack" (`alignjax.aligner`: the copy warm-up; correcting upstream answers and judging
-them) or "plan"
+them), "aligner_w2s" (`alignjax.aligner_w2s.run`: weak-to-strong training from an Aligner's
+corrections) or "plan"
 (`alignjax.memory.run`: the per-device memory plan of the config on `config.plan.mesh`, printed
 and written to DIR/memory_plan.json; nothing is trained). The jobs that sample add
 `alignjax.sampler.CPU_DECODE_XLA_FLAGS` to XLA_FLAGS (CPU decoding) unless XLA_FLAGS already
@@ -45,7 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 _DECODE_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
 _SAMPLING_JOBS = ("sample", "online_dpo", "rl", "best_of_n", "rejection_sampling", "spin",
-                  "aligner_train", "aligner_stack")
+                  "aligner_train", "aligner_stack", "aligner_w2s")
 
 
 def main(argv):
@@ -107,10 +108,14 @@ def main(argv):
 
         run = aligner.run_train if job == "aligner_train" else aligner.run_stack
         final = run(_CONFIG.value, _WORKDIR.value)
+    elif job == "aligner_w2s":
+        from alignjax import aligner_w2s
+
+        final = aligner_w2s.run(_CONFIG.value, _WORKDIR.value)
     else:
         raise ValueError(f"config.job={job!r}: expected 'train', 'sample', 'online_dpo', 'rl', "
                          "'best_of_n', 'rejection_sampling', 'spin', 'aligner_train', "
-                         "'aligner_stack' or 'plan'")
+                         "'aligner_stack', 'aligner_w2s' or 'plan'")
     if jax.process_index() == 0:
         print(json.dumps(final, indent=2, sort_keys=True))
 

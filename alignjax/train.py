@@ -18,10 +18,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import glob
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +36,7 @@ from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
 from alignjax import metrics as metrics_lib
 from alignjax import reference as reference_lib
+from alignjax.workdir import export
 
 
 def _as_inputs(objective: steps.Objective, examples):
@@ -148,27 +147,6 @@ def check_config(config: ml_collections.ConfigDict,
         raise ValueError(f"config.batch_size={b} is not divisible by the "
                          f"{jax.process_count()} processes")
     return mesh
-
-
-def export(model, tokenizer, workdir: str, mesh: jax.sharding.Mesh | None = None) -> str:
-    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0).
-
-    What an export killed half-way left behind (`export.tmp`, `.tmp-export-*`) is removed first.
-    With several processes, pass the mesh: every process then joins in gathering the
-    parameters, which process 0 writes.
-    """
-    out = os.path.join(workdir, "export")
-    if mesh is not None and jax.process_count() > 1:
-        graphdef, params = nnx.split(model)
-        model = nnx.merge(graphdef, sharding.replicate(params, mesh))
-    if jax.process_index() == 0:
-        tmp = out + ".tmp"
-        for leftover in [tmp, *glob.glob(os.path.join(workdir, ".tmp-export-*"))]:
-            shutil.rmtree(leftover, ignore_errors=True)
-        models.save_hf(model, tmp, tokenizer=tokenizer)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    return out
 
 
 def fit(state: steps.TrainState, train_step: Callable, batches, *, num_steps: int,

@@ -8,18 +8,25 @@ item, a `TrainState` of step, params, opt_state and rng, beside the data iterato
     rows = read_metrics("runs/dpo")                       # {step: {name: value}}
     steps, loss = metric_series("runs/dpo", "train/loss")
     step, model = restore_params("runs/dpo", like=models.load_pretrained("runs/dpo/export")[0])
+
+Writing one: `export(model, tokenizer, workdir)` (the offline runner's and the RL loop's
+export/, whole or not at all).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+
+from alignjax import models, sharding
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
@@ -99,3 +106,24 @@ def restore_params(workdir: str, like: nnx.Module, step: int | None = None
         raise ValueError(f"{path}/{step}: parameters absent from `like`: "
                          f"{sorted('/'.join(k[:-1]) for k in saved)}")
     return step, nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def export(model, tokenizer, workdir: str, mesh: jax.sharding.Mesh | None = None) -> str:
+    """Writes `workdir/export` (Hugging Face format) whole or not at all (process 0).
+
+    What an export killed half-way left behind (`export.tmp`, `.tmp-export-*`) is removed first.
+    With several processes, pass the mesh: every process then joins in gathering the
+    parameters, which process 0 writes.
+    """
+    out = os.path.join(workdir, "export")
+    if mesh is not None and jax.process_count() > 1:
+        graphdef, params = nnx.split(model)
+        model = nnx.merge(graphdef, sharding.replicate(params, mesh))
+    if jax.process_index() == 0:
+        tmp = out + ".tmp"
+        for leftover in [tmp, *glob.glob(os.path.join(workdir, ".tmp-export-*"))]:
+            shutil.rmtree(leftover, ignore_errors=True)
+        models.save_hf(model, tmp, tokenizer=tokenizer)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out

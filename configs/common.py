@@ -99,7 +99,7 @@ def rl_base(objective: str) -> ml_collections.ConfigDict:
                                          "param_dtype": "float32", "remat": "none"})
     c.reward = "vader"  # a name in alignjax.rl.rewards, or "model:<dir>" (a trained rm)
     c.no_eos_penalty = 0.0  # subtracted from the score of a response cut without EOS
-    c.prompts = "embedded:movie_openings"  # alignjax/data/sentiment.py
+    c.prompts = "embedded:movie_openings"  # alignjax/data/sentiment.py, or "file:PATH"
     c.holdout_seed = 0
     c.train_prompts = 0  # 0: every opening not held out
     c.eval_prompts = 64
@@ -123,6 +123,7 @@ def rl_base(objective: str) -> ml_collections.ConfigDict:
     c.baseline_decay = 0.9  # reinforce: running mean of past returns
     c.critic = ml_collections.ConfigDict({"path": "", "learning_rate": 1e-5, "clip_eps": 0.2})
     c.sample_every = 5
+    c.export = False  # True: the final policy in workdir/export (Hugging Face format)
     c.checkpoint_every = 5
     c.keep_checkpoints = 2
     c.optim = ml_collections.ConfigDict({"learning_rate": 1e-6, "warmup_steps": 0,

@@ -32,8 +32,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "alignjax.reference", "alignjax.sampler", "alignjax.draw", "alignjax.memory",
                   "alignjax.workdir")),
     ("rl", ("alignjax.rl",)),  # rewards, rollout, loop: the RL loop needs no runner
-    ("runners", ("alignjax.aligner", "alignjax.train", "alignjax.online_dpo",
-                 "alignjax.sample_job", "alignjax.rejection_sampling", "alignjax.spin")),
+    ("runners", ("alignjax.aligner", "alignjax.aligner_w2s", "alignjax.train",
+                 "alignjax.online_dpo", "alignjax.sample_job", "alignjax.rejection_sampling",
+                 "alignjax.spin")),
     ("entry", ("alignjax.main",)),
 ]
 

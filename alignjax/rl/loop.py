@@ -16,7 +16,8 @@ summed penalty on the sequence return for the others) or in the loss ("loss": GR
 Workdir: config.json, metrics.jsonl (one row per iteration; eval/* rows at step 0 and at the
 last iteration), eval.jsonl, samples/iter_<k>.jsonl, checkpoints/ (policy and critic states
 with their optimisers, the rollout RNG; the KL controller, baseline and prompt position as
-JSON). The sampler and the trainer use the same parameters: nothing is copied between them.
+JSON), and with `config.export` the final policy in Hugging Face format (export/). The
+sampler and the trainer use the same parameters: nothing is copied between them.
 Re-running the same command resumes from the last checkpoint and logs exactly what an
 uninterrupted run logs (time/* aside).
 """
@@ -41,6 +42,7 @@ from alignjax import checkpoint, losses, models, objectives, sharding, steps
 from alignjax import data as data_lib
 from alignjax import evaluate as evaluate_lib
 from alignjax import metrics as metrics_lib
+from alignjax import workdir as workdir_lib
 from alignjax.data import sentiment
 from alignjax.rl import rewards
 from alignjax.rl.rollout import RewardModel, Rollout, Rollouts
@@ -181,16 +183,44 @@ def mean_interval(x) -> tuple[float, float, float]:
 
 
 def prompts_of(config) -> tuple[list[str], list[str]]:
-    """(training openings, held-out openings) as `config.prompts` selects them."""
-    if config.prompts != "embedded:movie_openings":
+    """(training prompts, held-out prompts) as `config.prompts` selects them:
+    "embedded:movie_openings" (review openings, shuffled by `config.holdout_seed`) or
+    "file:PATH" (the single-turn user prompts of a JSON / JSONL file of the "prompt" format, in
+    file order; "shared:" in PATH is the shared data directory). The first
+    `config.eval_prompts` are held out."""
+    if config.prompts == "embedded:movie_openings":
+        order = np.random.default_rng(config.holdout_seed).permutation(len(sentiment.OPENINGS))
+        texts = [sentiment.OPENINGS[i] for i in order]
+    elif config.prompts.startswith("file:"):
+        texts = _file_prompts(config.prompts[len("file:"):])
+    else:
         raise ValueError(f"config.prompts={config.prompts!r}: expected "
-                         "'embedded:movie_openings'")
-    order = np.random.default_rng(config.holdout_seed).permutation(len(sentiment.OPENINGS))
-    openings = [sentiment.OPENINGS[i] for i in order]
+                         "'embedded:movie_openings' or 'file:PATH'")
     n = config.eval_prompts
-    if not 0 < n < len(openings):
-        raise ValueError(f"config.eval_prompts={n}: expected 0 < n < {len(openings)}")
-    return openings[n:][:config.train_prompts or None], openings[:n]
+    if not 0 < n < len(texts):
+        raise ValueError(f"config.eval_prompts={n}: expected 0 < n < {len(texts)} (the "
+                         f"prompts of config.prompts={config.prompts!r})")
+    return texts[n:][:config.train_prompts or None], texts[:n]
+
+
+def _file_prompts(path: str) -> list[str]:
+    if path.startswith("shared:"):
+        path = os.path.join(data_lib.shared_data_dir(), path[len("shared:"):])
+    examples, _ = data_lib.load_examples(path, "prompt")
+    out = []
+    for e in examples:
+        if len(e.prompt) != 1 or e.prompt[0]["role"] != "user":
+            raise ValueError(f"{e.origin}: config.prompts needs single-turn user prompts")
+        out.append(e.prompt[0]["content"])
+    return out
+
+
+def chat_of(config) -> Callable[[str], list[dict[str, str]]]:
+    """The chat the policy answers for a prompt text of `prompts_of`: the review instruction
+    for movie openings, the text as the one user turn for a file's prompts."""
+    if config.prompts == "embedded:movie_openings":
+        return sentiment.review_prompt
+    return lambda text: [{"role": "user", "content": text}]
 
 
 def prompts_at(openings: list[str], start: int, count: int, seed: int) -> list[str]:
@@ -345,6 +375,7 @@ class _Run:
         self.mesh = mesh = sharding.make_mesh(**config.mesh)
         model, cfg, self.tokenizer = models.load(config.model, mesh)
         graphdef, params = nnx.split(model)
+        self.graphdef = graphdef
         del model
         self.ref_params = jax.tree.map(jnp.copy, params)  # frozen reference
         reward = _reward(config, mesh, self.tokenizer)
@@ -371,8 +402,9 @@ class _Run:
                 critic_graphdef, critic_params, value, config.critic.learning_rate, config,
                 mesh)
         renderer = data_lib.ChatRenderer(self.tokenizer)
+        chat = chat_of(config)
         self.encode = lambda text: self.tokenizer(
-            renderer.prompt(sentiment.review_prompt(text)), add_special_tokens=False).input_ids
+            renderer.prompt(chat(text)), add_special_tokens=False).input_ids
         self.eval_ids = [self.encode(o) for o in self.eval_openings]
         self.ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
                                             every=config.checkpoint_every)
@@ -460,6 +492,10 @@ def run(config, workdir: str) -> dict[str, float]:
             bar.set_postfix(reward=f"{metrics['rl/reward']:.3f}", kl=f"{metrics['rl/kl_k1']:.2f}")
             bar.update(1)
         bar.close()
+        if config.get("export", False) and (start < config.iterations or not os.path.isdir(
+                os.path.join(workdir, "export"))):
+            workdir_lib.export(nnx.merge(r.graphdef, r.states["policy"].params), r.tokenizer,
+                               workdir, r.mesh)
         if start >= config.iterations:
             tqdm.write(f"{workdir}: already trained {start} iterations; nothing to do")
             rows = [x for x in metrics_lib.read_metrics(workdir) if x["step"] == start]
