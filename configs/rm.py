@@ -12,7 +12,7 @@ step 160 and 58.2% at step 320 (95% Wilson interval 55.1-61.2%, logged beside it
 
 The Aligner's two judges (configs/aligner_stack.py, experiments/aligner_smollm2.sh) are smaller:
 `configs/rm.py:helpful_small` (the same data) and `configs/rm.py:harmless_small` (HH-RLHF
-harmless-base), each 96 steps with 400 random pairs held out; results in experiments/RESULTS.md,
+harmless-base), each 64 steps of 8 pairs with 400 random pairs held out; results in experiments/RESULTS.md,
 "Aligner".
 """
 
@@ -33,8 +33,8 @@ def get_config(arg=None):
     c.best_metric = "eval/rm/accuracy"
     c.best_mode = "max"
     c.optim.learning_rate = 2e-5
-    if arg:  # a judge: a third of the steps
-        c.steps, c.eval_every, c.checkpoint_every = 96, 96, 32
+    if arg:  # a judge: a fifth of the steps
+        c.steps, c.eval_every, c.checkpoint_every = 64, 64, 32
         c.data.eval_size = 400
         c.data.train = SMALL[arg]
     return c

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Aligner measured end to end on 2 CPU cores (experiments/RESULTS.md, "Aligner"):
 # the copy warm-up and correction training from SmolLM2-135M-Instruct, the two small HH-RLHF
-# reward-model judges, then stacking on the 100 held-out questions: GPT-4 Turbo's answers from
-# the file, and SmolLM2-135M-Instruct's own greedy answers. Each step is skipped when its
+# reward-model judges, then stacking on the held-out questions: GPT-4 Turbo's answers from the
+# file (those of the 100 that fit the decoding budget), and SmolLM2-135M-Instruct's own greedy
+# answers to the first 32. Each step is skipped when its
 # output exists, so a killed run resumes.
 #   bash experiments/aligner_smollm2.sh [RUNS_DIR]   (default runs/)
 set -euo pipefail
@@ -26,4 +27,5 @@ aligner_model=--config.model.path="$runs/aligner_warmup/train/export"
     "${held_out[@]}" "${judges[@]}"
 [ -f "$runs/stack_smollm2/judge.json" ] ||
   main --config configs/aligner_stack.py --workdir "$runs/stack_smollm2" "$aligner_model" \
-    "${held_out[@]}" "${judges[@]}" --config.upstream.path=smollm2-135m-instruct
+    "${held_out[@]}" "${judges[@]}" --config.upstream.path=smollm2-135m-instruct \
+    --config.answers.limit=32
