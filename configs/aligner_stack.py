@@ -14,8 +14,12 @@ Command:
       --config.model.path=runs/aligner_warmup/train/export \
       [--config.judge.reward_models.helpful=... --config.judge.reward_models.harmless=...]
 
-Hardware: 2 CPU cores (float32). Not yet measured at these settings; tests/test_aligner_job.py
-runs it on a tiny random model.
+Hardware: 2 CPU cores (float32). Measured by experiments/aligner_smollm2.sh (experiments/
+RESULTS.md, "Aligner end to end"): on 28 held-out GPT-4 Turbo answers the corrections win 18,
+tie 1, lose 9 under both small HH judges (improvement +32.1%, intervals touching zero), 36 tokens
+longer, no significant gain with the length regressed out; on SmolLM2's own answers to 32
+held-out questions no effect distinguishable from zero. tests/test_aligner_job.py runs it on a
+tiny random model.
 """
 
 import ml_collections

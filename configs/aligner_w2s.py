@@ -9,7 +9,9 @@ on; evaluation: the Aligner's held-out AlpacaEval questions and BeaverTails eval
 Command:
   python experiments/aligner_w2s.py --config configs/aligner_w2s.py --workdir runs/aligner_w2s
 
-Hardware: 2 CPU cores (float32). Results: experiments/RESULTS.md, "Aligner".
+Hardware: 2 CPU cores (float32). Measured (experiments/RESULTS.md, "Aligner end to end"; commit
+cc25590, 43 min): 48 labels (37 pairs); every cell of the table filled, one of 12 intervals
+excluding zero (RLHF, BeaverTails harmlessness +41.7%, +4.2 to +75.0).
 """
 
 import ml_collections

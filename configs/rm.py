@@ -12,8 +12,9 @@ step 160 and 58.2% at step 320 (95% Wilson interval 55.1-61.2%, logged beside it
 
 The Aligner's two judges (configs/aligner_stack.py, experiments/aligner_smollm2.sh) are smaller:
 `configs/rm.py:helpful_small` (the same data) and `configs/rm.py:harmless_small` (HH-RLHF
-harmless-base), each 64 steps of 8 pairs with 400 random pairs held out; results in experiments/RESULTS.md,
-"Aligner".
+harmless-base), each 64 steps of 8 pairs with 400 random pairs held out. Measured (experiments/
+RESULTS.md, "Aligner end to end"): held-out accuracy 55.3% (50.4-60.1%) helpful, 62.0%
+(57.2-66.6%) harmless.
 """
 
 from configs import common
