@@ -3,27 +3,16 @@ loop's file prompts and export that it uses."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from test_aligner_job import _config
 
 from alignjax import aligner_w2s, models
 from alignjax.rl import loop
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config(name: str):
-    sys.path.insert(0, REPO)
-    try:
-        return importlib.import_module(f"configs.{name}").get_config()
-    finally:
-        sys.path.remove(REPO)
 
 
 def _questions(path, n: int, field: str = "question", offset: int = 0) -> str:
