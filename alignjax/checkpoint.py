@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from alignjax import sharding
+
 
 def _brief(e: BaseException) -> str:
     """The type and message of `e`, cut in the middle when long (the OS error is at its end)."""
@@ -167,10 +169,7 @@ class Checkpointer:
             os.makedirs(self.corrupt_directory, exist_ok=True)
             shutil.move(os.path.join(self.directory, str(step)),
                         os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}"))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"alignjax checkpoint {step} set aside")
+        sharding.barrier(f"checkpoint {step} set aside")
         self.manager.reload()
 
     def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> bool:

@@ -1,20 +1,27 @@
-"""Preference optimisation on pairs the policy samples and a true reward labels, then judged.
+"""Preference optimisation on pairs the policy samples and a reward labels, then judged.
 
-One round of online DPO, as a job (`config.job = "online_dpo"`):
+Online DPO as a job (`config.job = "online_dpo"`), in `config.rounds` rounds (default 1):
 
-  1. sample `samples_per_prompt` continuations of every training prompt from the model;
+  1. sample `samples_per_prompt` continuations of every training prompt of the round from the
+     round's policy (the model in round 1; the training prompts are split evenly over rounds);
   2. score them with the true reward (`config.reward`, e.g. VADER sentiment) and keep the best
-     and the worst of each prompt as a (chosen, rejected) pair -> workdir/pairs.jsonl; or,
+     and the worst of each prompt as a (chosen, rejected) pair -> workdir/pairs.jsonl; with
+     `config.pairs = "self"`, score them by the policy's own judgement instead (self-rewarding,
+     `alignjax.rl.self_judge`; its agreement with the true reward -> workdir/self_judge.json); or,
      with `config.pairs = "rso"`, accept `config.rso.num_samples` of each prompt's samples by
      statistical rejection sampling with `config.rso.beta` and pair those (`alignjax.rl.rso`;
      acceptance rate and reward of the accepted against random samples ->
      workdir/rso_stats.json);
   3. train on the pairs with the offline runner (`alignjax.train.run`, any loss of the DPO
-     family) -> workdir/train/ (checkpoints every `checkpoint_every` steps);
+     family; the reference is the round's starting policy) -> workdir/train/ (checkpoints every
+     `checkpoint_every` steps, the exported policy the next round starts from);
   4. for the reference and every checkpoint, sample the held-out prompts and measure the true
      reward (mean, 95% interval), the KL to the reference (sequence log-ratio on the policy's
      own samples, whose expectation is KL(policy || reference)) and the win rate against the
      reference's samples -> workdir/eval.jsonl, a table, workdir/reward_kl.png.
+
+With several rounds, each round's files (steps 1-3) are in workdir/round_<k>/, and step 4 judges
+the policy at the end of every round (at step k * steps) against the initial model.
 
 Every stage is resumable: a finished stage's file is reused, the runner resumes from its last
 checkpoint, and evaluated steps are not evaluated again.
@@ -31,25 +38,33 @@ from tqdm.auto import tqdm
 
 from alignjax import checkpoint, objectives, train
 from alignjax.evaluate import wilson_interval
-from alignjax.rl import rewards, rso
+from alignjax.rl import rewards, rso, self_judge
 from alignjax.rl.generation import Generator, mean_interval, prompts_of, user_turn
 from alignjax.rl.generation import read_jsonl as _read_jsonl
 from alignjax.rl.generation import write_jsonl as _write_jsonl
+
+PAIR_RULES = ("best_worst", "rso", "self")
+
+
+def pair_rows(scores: np.ndarray, n: int, min_gap: float) -> list[tuple[int, int]]:
+    """(best, worst) row indices of each prompt's `n` consecutive samples, where they differ
+    by more than `min_gap` in score."""
+    out = []
+    for i in range(0, len(scores), n):
+        group = np.asarray(scores[i:i + n])
+        best, worst = int(np.argmax(group)), int(np.argmin(group))
+        if group[best] - group[worst] > min_gap:
+            out.append((i + best, i + worst))
+    return out
 
 
 def make_pairs(rows: list[dict], scores: np.ndarray, n: int, min_gap: float) -> list[dict]:
     """The best and the worst of each prompt's `n` consecutive samples, if they differ by more
     than `min_gap` in reward."""
-    pairs = []
-    for i in range(0, len(rows), n):
-        group = scores[i:i + n]
-        best, worst = int(np.argmax(group)), int(np.argmin(group))
-        if group[best] - group[worst] > min_gap:
-            pairs.append({
-                "prompt": user_turn(rows[i]["prompt"]), "chosen": rows[i + best]["response"],
-                "rejected": rows[i + worst]["response"],
-                "chosen_reward": float(group[best]), "rejected_reward": float(group[worst])})
-    return pairs
+    return [{"prompt": user_turn(rows[b]["prompt"]), "chosen": rows[b]["response"],
+             "rejected": rows[w]["response"], "chosen_reward": float(scores[b]),
+             "rejected_reward": float(scores[w])}
+            for b, w in pair_rows(scores, n, min_gap)]
 
 
 def judge(rows: list[dict], reference_rows: list[dict], reward_fn) -> dict[str, float]:
@@ -140,53 +155,122 @@ def _rso_pairs(config, rows: list[dict], scores: np.ndarray, workdir: str) -> li
     return pairs
 
 
+def _check(config) -> tuple[int, str]:
+    """(rounds, pair rule), failing early with the config key."""
+    objectives.make(config.objective, config.loss.to_dict())  # bad loss keys fail now
+    rule = config.get("pairs", "best_worst")
+    if rule not in PAIR_RULES:
+        raise ValueError(f"config.pairs={rule!r}: expected one of {PAIR_RULES}")
+    if rule == "rso":
+        rso.check(config.rso.beta, config.rso.num_samples, config.samples_per_prompt)
+    rounds = int(config.get("rounds", 1))
+    if rounds < 1:
+        raise ValueError(f"config.rounds={rounds}: expected >= 1")
+    if rounds > 1 and not config.export:
+        raise ValueError("config.export=False: rounds after the first start from the "
+                         "previous round's exported policy; set config.export=True")
+    return rounds, rule
+
+
+def _self_pairs(config, judge_fn, params, rows, true_scores, workdir) -> list[dict]:
+    """Best-and-worst pairs by the model's own judgement (`alignjax.rl.self_judge`); its
+    agreement with the true reward goes to workdir/self_judge.json."""
+    judged = judge_fn(params, [user_turn(r["prompt"]) for r in rows],
+                      [r["response"] for r in rows])
+    stats = self_judge.agreement(judged, true_scores, config.samples_per_prompt)
+    pairs = make_pairs(rows, judged, config.samples_per_prompt, config.min_reward_gap)
+    picked = pair_rows(judged, config.samples_per_prompt, config.min_reward_gap)
+    for p, i in zip(pairs, picked, strict=True):
+        p["chosen_true_reward"], p["rejected_true_reward"] = (float(true_scores[i[0]]),
+                                                              float(true_scores[i[1]]))
+    stats["pairs_made"] = len(pairs)
+    stats["pair_true_agreement"] = float(np.mean(
+        [p["chosen_true_reward"] > p["rejected_true_reward"] for p in pairs])) if pairs else 0.0
+    stats["mean_rating"] = float(np.mean(judged))
+    with open(os.path.join(workdir, "self_judge.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    tqdm.write(f"self judge: agrees with {config.reward} on {stats['agreement']:.1%} "
+               f"({stats['agreement_ci95_low']:.1%} to {stats['agreement_ci95_high']:.1%}) of "
+               f"{stats['pairs']} sample pairs; its chosen answer has the higher true reward in "
+               f"{stats['pair_true_agreement']:.1%} of {len(pairs)} training pairs")
+    return pairs
+
+
+def _round_dirs(workdir: str, rounds: int) -> list[str]:
+    """One round: the workdir itself; several: workdir/round_<k>."""
+    if rounds == 1:
+        return [workdir]
+    return [os.path.join(workdir, f"round_{k}") for k in range(1, rounds + 1)]
+
+
 def run(config, workdir: str) -> dict:
     """Samples, labels, trains and judges as the module docstring says; returns the results."""
     os.makedirs(workdir, exist_ok=True)
+    rounds, rule = _check(config)
     reward_fn = rewards.get(config.reward)
-    objectives.make(config.objective, config.loss.to_dict())  # bad loss keys fail now
-    if config.get("pairs", "best_worst") not in ("best_worst", "rso"):
-        raise ValueError(f"config.pairs={config.pairs!r}: expected 'best_worst' or 'rso'")
-    if config.get("pairs", "best_worst") == "rso":
-        rso.check(config.rso.beta, config.rso.num_samples, config.samples_per_prompt)
     train_openings, eval_openings = prompts_of(config)
+    per_round = len(train_openings) // rounds
+    if per_round == 0:
+        raise ValueError(f"config.rounds={rounds}: more rounds than the "
+                         f"{len(train_openings)} training prompts")
     gen, graphdef, ref_params = Generator.from_config(config)
+    judge_fn = None
+    if rule == "self":
+        judge_fn = self_judge.SelfJudge(graphdef, gen.tokenizer, config.self_judge.criterion,
+                                        gen.mesh, batch=config.sample_batch,
+                                        buckets=tuple(config.self_judge.buckets))
 
-    pairs_path = os.path.join(workdir, "pairs.jsonl")
-    if not os.path.exists(pairs_path):
-        rows = gen(ref_params, train_openings, n=config.samples_per_prompt, seed=config.seed,
-                   desc="sampling pairs")
-        scores = reward_fn([r["prompt"] for r in rows], [r["response"] for r in rows])
-        if config.get("pairs", "best_worst") == "rso":
-            pairs = _rso_pairs(config, rows, scores, workdir)
-        else:
-            pairs = make_pairs(rows, scores, config.samples_per_prompt, config.min_reward_gap)
-        _write_jsonl(pairs_path, pairs)
-    pairs = _read_jsonl(pairs_path)
-    tqdm.write(f"{len(pairs)} pairs from {len(train_openings)} prompts; mean reward chosen "
-               f"{np.mean([p['chosen_reward'] for p in pairs]):.3f}, rejected "
-               f"{np.mean([p['rejected_reward'] for p in pairs]):.3f}")
-
-    run_config = copy.deepcopy(config)
-    with run_config.unlocked():
-        run_config.data.train = pairs_path
-        run_config.data.format = "preference"
-    train_dir = os.path.join(workdir, "train")
-    train.run(run_config, train_dir)
+    params, model_path, finals = ref_params, config.model.path, []
+    for k, rdir in enumerate(_round_dirs(workdir, rounds)):
+        os.makedirs(rdir, exist_ok=True)
+        openings = train_openings[k * per_round:(k + 1) * per_round]
+        pairs_path = os.path.join(rdir, "pairs.jsonl")
+        if not os.path.exists(pairs_path):  # sampled from this round's starting policy
+            rows = gen(params, openings, n=config.samples_per_prompt, seed=config.seed + k,
+                       desc=f"sampling pairs{f', round {k + 1}' if rounds > 1 else ''}")
+            scores = reward_fn([r["prompt"] for r in rows], [r["response"] for r in rows])
+            if rule == "rso":
+                pairs = _rso_pairs(config, rows, scores, rdir)
+            elif rule == "self":
+                pairs = _self_pairs(config, judge_fn, params, rows, scores, rdir)
+            else:
+                pairs = make_pairs(rows, scores, config.samples_per_prompt,
+                                   config.min_reward_gap)
+            _write_jsonl(pairs_path, pairs)
+        pairs = _read_jsonl(pairs_path)
+        tqdm.write(f"{len(pairs)} pairs from {len(openings)} prompts; mean reward chosen "
+                   f"{np.mean([p['chosen_reward'] for p in pairs]):.3f}, rejected "
+                   f"{np.mean([p['rejected_reward'] for p in pairs]):.3f}")
+        run_config = copy.deepcopy(config)
+        with run_config.unlocked():
+            run_config.data.train = pairs_path
+            run_config.data.format = "preference"
+            run_config.model.path = model_path  # the reference is the round's start
+        train_dir = os.path.join(rdir, "train")
+        train.run(run_config, train_dir)
+        if rounds > 1:  # the next round samples from, and starts at, this round's policy
+            params = checkpoint.restore_params(os.path.join(train_dir, "checkpoints"),
+                                               ref_params, config.steps)
+            model_path = os.path.join(train_dir, "export")
+            finals.append(((k + 1) * config.steps, train_dir, config.steps))
 
     eval_path = os.path.join(workdir, "eval.jsonl")
     done = {r["step"]: r for r in (_read_jsonl(eval_path) if os.path.exists(eval_path) else [])}
-    ckpt_dir = os.path.join(train_dir, "checkpoints")
-    steps = [0, *sorted(s for s in (int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-                        if s % config.checkpoint_every == 0 or s == config.steps)]
+    if rounds == 1:  # every checkpoint of the one run
+        ckpt_dir = os.path.join(workdir, "train", "checkpoints")
+        finals = [(s, os.path.join(workdir, "train"), s) for s in sorted(
+            s for s in (int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+            if s % config.checkpoint_every == 0 or s == config.steps)]
+    where = {step: (tdir, local) for step, tdir, local in finals}
+    steps = [0, *where]
     reference_rows = gen(ref_params, eval_openings, n=config.eval_samples,
                          seed=config.seed + 1, ref_params=ref_params, desc="eval step 0")
     samples = {0: reference_rows}
     for step in steps:
         if step in done and step not in (0, steps[-1]):
             continue
-        params = ref_params if step == 0 else checkpoint.restore_params(ckpt_dir, ref_params,
-                                                                        step)
+        params = ref_params if step == 0 else checkpoint.restore_params(
+            os.path.join(where[step][0], "checkpoints"), ref_params, where[step][1])
         rows = reference_rows if step == 0 else gen(
             params, eval_openings, n=config.eval_samples, seed=config.seed + 1,
             ref_params=ref_params, desc=f"eval step {step}")

@@ -223,6 +223,8 @@ class Sampler:
                           n=n, max_new_tokens=max_new_tokens, pad_id=pad_token_id)
 
         self._run = jax.jit(run, static_argnums=(6,))
+        # On a mesh: traced under its rules; several processes compile before they run
+        self._run_on_mesh = None if mesh is None else sharding.under(mesh, self._run, rules)
 
     def __call__(self, params: Any, prompts: Sequence[Sequence[int]] | Mapping[str, Any],
                  rng: jax.Array | int, settings: SamplingParams = SAMPLE, *,
@@ -263,8 +265,7 @@ class Sampler:
             raise ValueError(f"prompts: {len(ids_BP)} prompts do not split over the "
                              f"{ways} batch shards of the mesh; pass a multiple of {ways}")
         ids_BP, mask_BP = jax.device_put((ids_BP, mask_BP), batch)
-        with sharding.use(self.mesh, self.rules):
-            return self._run(params, ids_BP, mask_BP, rng, settings.arrays(), stop_ids, n)
+        return self._run_on_mesh(params, ids_BP, mask_BP, rng, settings.arrays(), stop_ids, n)
 
     def _check_batch(self, prompts: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(prompts["input_ids"], np.int32)

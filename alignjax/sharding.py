@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec
 
@@ -103,9 +104,16 @@ def use(mesh: jax.sharding.Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[jax.s
 class _Under:
     def __init__(self, fn: Callable[..., Any], mesh: jax.sharding.Mesh, rules: Rules):
         self.fn, self.mesh, self.rules = fn, mesh, tuple(rules)
+        self._compiled: set = set()  # call signatures compiled (and waited for) so far
 
     def __call__(self, *args, **kwargs):
         with use(self.mesh, self.rules):
+            if jax.process_count() > 1:
+                key = _signature(args, kwargs)
+                if key not in self._compiled:  # compile, wait for the others, then run
+                    self.fn.lower(*args, **kwargs).compile()
+                    barrier(f"compiled {getattr(self.fn, '__name__', 'fn')}")
+                    self._compiled.add(key)
             return self.fn(*args, **kwargs)
 
     def lower(self, *args, **kwargs) -> jax.stages.Lowered:
@@ -116,8 +124,42 @@ class _Under:
 def under(mesh: jax.sharding.Mesh, fn: Callable[..., Any], rules: Rules = DEFAULT_RULES):
     """`fn` (a jitted function) wrapped so that each call, and `.lower(...)`, enters
     `use(mesh, rules)`: it traces with the activation constraints in effect. The wrapper keeps
-    `fn`, `mesh` and `rules` as attributes."""
+    `fn`, `mesh` and `rules` as attributes.
+
+    In a multi-process run the first call of each argument signature compiles `fn`, waits at a
+    `barrier` for every process to have compiled it, and only then runs it. A collective's
+    first run sets up its CPU (gloo) context with a fixed 30 s wait for the other processes; a
+    process that finished compiling a minute earlier would time out there.
+    """
     return _Under(fn, mesh, rules)
+
+
+def _signature(args, kwargs) -> tuple:
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    return treedef, tuple(
+        (tuple(x.shape), str(x.dtype), getattr(x, "sharding", None)) if hasattr(x, "shape")
+        else (type(x).__name__, repr(x)) for x in leaves)
+
+
+_BARRIERS = [0]  # barriers passed so far: every process passes them in the same order
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+    """Every process of a multi-process run waits here until all have arrived (no-op alone).
+
+    It waits through JAX's coordination service (`jax.distributed`), not through a collective,
+    so `timeout_s` holds however long the others take (compiling, reading data).
+
+    Raises:
+      jax.errors.JaxRuntimeError (DEADLINE_EXCEEDED) when a process does not arrive in time.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client that jax.distributed.initialize started
+
+    _BARRIERS[0] += 1
+    distributed.global_state.client.wait_at_barrier(f"alignjax {_BARRIERS[0]} {name}",
+                                                    timeout_in_ms=int(timeout_s * 1000))
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
@@ -276,12 +318,38 @@ def host_rows(mesh: jax.sharding.Mesh, global_rows: int, rules=DEFAULT_RULES) ->
 def host_to_global(batch: dict[str, Any], mesh: jax.sharding.Mesh, global_rows: int,
                    rules=DEFAULT_RULES) -> dict[str, jax.Array]:
     """Global batch arrays from this host's rows (`host_rows`) of a batch of `global_rows`."""
-    import numpy as np
 
     target = batch_sharding(mesh, rules)
     return {k: jax.make_array_from_process_local_data(
                 target, np.asarray(v), (global_rows, *np.shape(v)[1:]))
             for k, v in batch.items()}
+
+
+def process_0_says(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a collective in a multi-process run): for choices
+    that read files, so that every process takes the same branch."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
+
+
+def to_host(tree):
+    """NumPy copies of the arrays of `tree`, whole on every process.
+
+    An array spread over the devices of several processes is gathered first (a collective:
+    every process calls `to_host` at the same point); any other array is read directly.
+    """
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):

@@ -21,6 +21,7 @@ Per-step losses are printed (run with -s to see them). The default tier runs the
 round trips and the 4-process run are marked slow (`pytest -m slow tests/test_multiprocess.py`).
 """
 
+import json
 import os
 import shutil
 import socket
@@ -44,18 +45,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes: int, workdir: str, model_dir: str, timeout: int = 400) -> None:
-    """Runs the training command in `processes` processes (DEVICES / processes devices each)."""
+TRAIN_ARGS = [f"--config.steps={STEPS}", "--config.batch_size=8", "--config.eval_batch_size=4",
+              "--config.log_every=1", f"--config.eval_every={STEPS}",
+              "--config.eval_at_start=False",
+              "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
+              "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=1"]
+
+
+def launch(processes: int, workdir: str, model_dir: str, timeout: int = 400, *,
+           config: str = "configs/quickstart.py", args=TRAIN_ARGS) -> None:
+    """Runs `python -m alignjax.main --config <config> <args>` (the training command by default)
+    in `processes` processes (DEVICES / processes devices each)."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO,
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // processes}"}
-    command = [sys.executable, "-m", "alignjax.main", "--config", "configs/quickstart.py",
-               "--workdir", workdir, f"--config.model.path={model_dir}",
-               f"--config.steps={STEPS}", "--config.batch_size=8", "--config.eval_batch_size=4",
-               "--config.log_every=1", f"--config.eval_every={STEPS}",
-               "--config.eval_at_start=False",
-               "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
-               "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=1"]
+    command = [sys.executable, "-m", "alignjax.main", "--config", config,
+               "--workdir", workdir, f"--config.model.path={model_dir}", *args]
     procs, logs = [], []
     for i in range(processes):
         extra = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
@@ -158,3 +163,73 @@ def test_four_processes_train_exactly_like_one(runs, tiny_model_dir):
     launch(4, workdir, tiny_model_dir)
     show("4 processes", workdir)
     assert_same_run(workdir, out[1], range(1, STEPS + 1))
+
+
+# ----------------------------------------------------------------------------- the RL loop
+
+RL_ITERATIONS = 2
+RL_LR = 1e-3
+
+
+def launch_rl(processes: int, workdir: str, model_dir: str, timeout: int = 600) -> None:
+    """PPO (sampler, VADER reward, reference, policy and critic forwards, GAE, both train
+    steps, held-out evaluation, checkpoints, export) in `processes` processes."""
+    launch(processes, workdir, model_dir, timeout, config="configs/ppo.py", args=[
+        f"--config.iterations={RL_ITERATIONS}", "--config.prompts_per_iteration=4",
+        "--config.samples_per_prompt=2", "--config.eval_prompts=4", "--config.eval_samples=2",
+        "--config.max_new_tokens=6", "--config.prompt_buckets=(64,)", "--config.epochs=1",
+        "--config.minibatches=1", "--config.micro_batches=1", "--config.sample_every=1",
+        "--config.checkpoint_every=1", "--config.export=True", "--config.temperature=1.0",
+        f"--config.optim.learning_rate={RL_LR}", f"--config.critic.learning_rate={RL_LR}",
+        "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=1"])
+
+
+def _jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.slow
+def test_rl_loop_runs_in_two_processes_like_one(tiny_model_dir, tmp_path):
+    """The RL loop on the same global mesh in 1 and 2 processes: the same samples (token for
+    token), rewards and held-out evaluation; every logged number within float32 rounding of
+    the gloo reductions; the exported policies equal."""
+    runs = {n: str(tmp_path / f"rl{n}") for n in (1, 2)}
+    for n, workdir in runs.items():
+        launch_rl(n, workdir, tiny_model_dir)
+    one, two = (metrics_lib.read_metrics(runs[n]) for n in (1, 2))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(
+        range(RL_ITERATIONS + 1))
+    worst = 0.0
+    for a, b in zip(one, two, strict=True):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            if key.startswith("time/") or key == "step":
+                continue
+            x, y = np.float64(a[key]), np.float64(b[key])
+            worst = max(worst, abs(x - y) / max(abs(x), 1e-3))
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6, err_msg=f"{key} {a['step']}")
+    print(f"\nRL, 1 vs 2 processes: largest relative difference of a logged number {worst:.2e}")
+    for it in range(1, RL_ITERATIONS + 1):
+        a, b = (_jsonl(os.path.join(runs[n], "samples", f"iter_{it}.jsonl")) for n in (1, 2))
+        assert [r["response"] for r in a] == [r["response"] for r in b]
+        assert [r["reward"] for r in a] == [r["reward"] for r in b]
+        show_rl = ", ".join(f"{r['reward']:.4f}" for r in a)
+        print(f"iteration {it}: rewards {show_rl}")
+    for step in (0, RL_ITERATIONS):
+        a, b = (_jsonl(os.path.join(runs[n], "samples", f"eval_{step}.jsonl")) for n in (1, 2))
+        assert [r["response"] for r in a] == [r["response"] for r in b]
+    # Adam divides each gradient element by its running RMS, so where a gradient is near 0 the
+    # last-bit difference of its gloo sum changes the step by a fraction of the learning rate:
+    # the bound is in units of lr * steps, and the run must have moved the parameters by more.
+    pa, pb, p0 = params(runs[1]), params(runs[2]), load_file(
+        os.path.join(tiny_model_dir, "model.safetensors"))
+    assert sorted(pa) == sorted(pb)
+    budget = RL_LR * RL_ITERATIONS
+    apart = max(float(np.abs(pa[k] - pb[k]).max()) for k in pa)
+    moved = max(float(np.abs(pa[k] - p0[k]).max()) for k in pa if k in p0)
+    print(f"exported policies: largest difference {apart:.2e}, largest update {moved:.2e}, "
+          f"lr x steps {budget:.0e}")
+    assert moved > 0.5 * budget
+    assert apart <= 1e-3 * budget
+    assert not os.path.exists(os.path.join(runs[2], "samples", "iter_1.jsonl.tmp"))

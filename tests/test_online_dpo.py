@@ -48,3 +48,33 @@ def test_online_dpo_job_end_to_end(tiny_model_dir, tmp_path, capsys):
     online_dpo.run(config, str(tmp_path))
     assert _rows(tmp_path / "pairs.jsonl") == pairs
     assert _rows(tmp_path / "eval.jsonl") == evals
+
+
+def test_self_rewarding_rounds_end_to_end(tiny_model_dir, tmp_path):
+    """configs/self_rewarding.py in 2 rounds: each round's pairs come from its own prompts and
+    are ordered by the model's own rating; round 2 starts from round 1's exported policy and
+    uses it as its reference (its first DPO loss is log 2); every round is reused on a re-run."""
+    config = _tiny(_load(os.path.join(REPO, "configs", "self_rewarding.py")), tiny_model_dir)
+    config.rounds, config.export = 2, True
+    online_dpo.run(config, str(tmp_path))
+    pairs = [_rows(tmp_path / f"round_{k}" / "pairs.jsonl") for k in (1, 2)]
+    assert [len(p) for p in pairs] == [4, 4]
+    assert not {p["prompt"] for p in pairs[0]} & {p["prompt"] for p in pairs[1]}
+    for round_pairs in pairs:
+        assert all(1 <= p["rejected_reward"] <= p["chosen_reward"] <= 5 for p in round_pairs)
+        assert all(-1 <= p["chosen_true_reward"] <= 1 for p in round_pairs)
+    for k in (1, 2):
+        stats = json.loads((tmp_path / f"round_{k}" / "self_judge.json").read_text())
+        assert stats["pairs_made"] == 4 and 0 <= stats["agreement"] <= 1
+        assert stats["agreement_ci95_low"] <= stats["agreement"] <= stats["agreement_ci95_high"]
+    with open(tmp_path / "round_2" / "train" / "config.json") as f:
+        assert json.load(f)["model"]["path"] == str(tmp_path / "round_1" / "train" / "export")
+    first = next(r for r in _rows(tmp_path / "round_2" / "train" / "metrics.jsonl")
+                 if "train/loss" in r)
+    assert abs(first["train/loss"] - np.log(2)) < 1e-5, first
+    evals = _rows(tmp_path / "eval.jsonl")
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert evals[-1]["kl"] != 0.0  # judged against the initial model, not round 2's start
+    online_dpo.run(config, str(tmp_path))
+    assert [_rows(tmp_path / f"round_{k}" / "pairs.jsonl") for k in (1, 2)] == pairs
+    assert _rows(tmp_path / "eval.jsonl") == evals

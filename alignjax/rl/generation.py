@@ -63,7 +63,7 @@ class Generator:
         return cls(config, graphdef, cfg, tokenizer, mesh), graphdef, params
 
     def __init__(self, config, graphdef, cfg, tokenizer, mesh):
-        self.tokenizer = tokenizer
+        self.tokenizer, self.mesh = tokenizer, mesh
         renderer = data_lib.ChatRenderer(tokenizer)
         self.encode = lambda text: tokenizer(
             renderer.prompt(sentiment.review_prompt(text)),

@@ -348,6 +348,9 @@ def evaluate(rollouts: Rollouts, params, ref_params, prompt_ids, prompt_texts, c
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
+    """Writes `rows` whole (a temporary file, then a rename); process 0 alone writes."""
+    if not sharding.is_main_process():
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -443,31 +446,39 @@ def _iteration(run: _Run, it: int, rng, ctl: dict) -> tuple[Any, dict, dict, Rol
 
 def run(config, workdir: str) -> dict[str, float]:
     """Trains as the module docstring says; returns the last iteration's metrics."""
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    main = sharding.is_main_process()  # writes files, logs and bars; every process computes
+    if main:
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     r = _Run(config, workdir)
-    tree = {**r.states, "rng": jax.random.key(config.seed)}
+    # the rollout RNG, the same on every device of every process (checkpointed as a global array)
+    rng = jax.jit(lambda: jax.random.key(config.seed),
+                  out_shardings=sharding.replicated(r.mesh))()
+    tree = {**r.states, "rng": rng}
     ctl = {"kl_coef": float(config.kl.coef), "baseline": None, "iteration": 0}
     restored = r.ckpt.restore(tree)
     if restored is not None:
         tree, ctl = restored
         r.states = {k: v for k, v in tree.items() if k != "rng"}
-        tqdm.write(f"resumed from iteration {ctl['iteration']}")
+        if main:
+            tqdm.write(f"resumed from iteration {ctl['iteration']}")
     rng, start = tree["rng"], ctl["iteration"]
     writer = metrics_lib.Writer(workdir, resume_step=start if start > 0 else -1)
     eval_path = os.path.join(workdir, "eval.jsonl")
     last = {}
     try:
         if start == 0:
-            held_out = _evaluated(eval_path, 0)  # a run killed before its first checkpoint
-            if held_out is None:
+            # a run killed before its first checkpoint has it; process 0's file decides
+            held_out = _evaluated(eval_path, 0) if main else None
+            if not sharding.process_0_says(held_out is not None):
                 held_out, rows = evaluate(r.rollouts, r.states["policy"].params, r.ref_params,
                                           r.eval_ids, r.eval_openings, config)
                 _write_jsonl(eval_path, [{"step": 0, **held_out}])
                 _write_jsonl(os.path.join(workdir, "samples", "eval_0.jsonl"), rows)
             writer.write(0, held_out)
-        bar = tqdm(total=config.iterations, initial=start, desc=config.objective, unit="iter")
+        bar = tqdm(total=config.iterations, initial=start, desc=config.objective, unit="iter",
+                   disable=not main)
         for it in range(start, config.iterations):
             rng, ctl, metrics, ro = _iteration(r, it, rng, ctl)
             done = it + 1
@@ -477,10 +488,11 @@ def run(config, workdir: str) -> dict[str, float]:
                 held_out, rows = evaluate(r.rollouts, r.states["policy"].params, r.ref_params,
                                           r.eval_ids, r.eval_openings, config)
                 metrics.update(held_out)
-                with open(eval_path) as f:
-                    evals = [json.loads(line) for line in f if line.strip()]
-                _write_jsonl(eval_path, [e for e in evals if e["step"] < done]
-                             + [{"step": done, **held_out}])
+                if main:
+                    with open(eval_path) as f:
+                        evals = [json.loads(line) for line in f if line.strip()]
+                    _write_jsonl(eval_path, [e for e in evals if e["step"] < done]
+                                 + [{"step": done, **held_out}])
                 _write_jsonl(os.path.join(workdir, "samples", f"eval_{done}.jsonl"), rows)
             if config.sample_every and (done % config.sample_every == 0 or done == 1):
                 _write_jsonl(os.path.join(workdir, "samples", f"iter_{done}.jsonl"), [
@@ -497,7 +509,8 @@ def run(config, workdir: str) -> dict[str, float]:
             workdir_lib.export(nnx.merge(r.graphdef, r.states["policy"].params), r.tokenizer,
                                workdir, r.mesh)
         if start >= config.iterations:
-            tqdm.write(f"{workdir}: already trained {start} iterations; nothing to do")
+            if main:
+                tqdm.write(f"{workdir}: already trained {start} iterations; nothing to do")
             rows = [x for x in metrics_lib.read_metrics(workdir) if x["step"] == start]
             last = {k: v for x in rows for k, v in x.items() if k != "step"}
     finally:

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from alignjax import evaluate as evaluate_lib
 from alignjax import sampler as sampler_lib
 from alignjax import sharding
 from alignjax.logprobs import (
@@ -86,12 +87,14 @@ class RewardModel:
 
     def __init__(self, model, mesh):
         graphdef, self.params = nnx.split(model)
+        self.mesh = mesh
         self._values = sharding.under(mesh, jax.jit(
             lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        values_BL = np.asarray(jax.device_get(self._values(
-            self.params, batch["input_ids"], batch["attention_mask"])))
+        placed = evaluate_lib.to_device(batch, self.mesh)
+        values_BL = sharding.to_host(self._values(
+            self.params, placed["input_ids"], placed["attention_mask"]))
         last_B = last_response_index(batch["loss_mask"])
         return values_BL[np.arange(len(last_B)), np.maximum(last_B, 0)].astype(np.float32)
 
@@ -112,6 +115,8 @@ class Forwards:
     """
 
     def __init__(self, graphdef, mesh, critic_graphdef=None):
+        self.mesh = mesh
+
         def policy(params, batch):
             # as `objectives.token_logps`, and the entropy from the same hidden states
             model = nnx.merge(graphdef, params)
@@ -152,13 +157,14 @@ def assemble(forwards: Forwards, params, ref_params, batch: dict[str, np.ndarray
     raw = np.asarray(raw_scores, np.float32)
     eos = np.asarray(eos, bool)
     scores = raw - np.float32(no_eos_penalty) * (~eos).astype(np.float32)
-    ref_logps = _timed(seconds, "reference", lambda: forwards.reference(ref_params, batch))
-    logps, entropy = _timed(seconds, "policy", lambda: forwards.policy(params, batch))
+    placed = evaluate_lib.to_device(batch, forwards.mesh)  # rows over the mesh's batch axes
+    ref_logps = _timed(seconds, "reference", lambda: forwards.reference(ref_params, placed))
+    logps, entropy = _timed(seconds, "policy", lambda: forwards.policy(params, placed))
     mask = batch["loss_mask"]
-    host = lambda x: np.where(mask != 0, np.asarray(jax.device_get(x)), 0.0)  # noqa: E731
+    host = lambda x: np.where(mask != 0, sharding.to_host(x), 0.0)  # noqa: E731
     values = np.zeros(mask.shape, np.float32)
     if forwards.critic is not None and critic_params is not None:
-        values = host(_timed(seconds, "critic", lambda: forwards.critic(critic_params, batch)))
+        values = host(_timed(seconds, "critic", lambda: forwards.critic(critic_params, placed)))
     return Rollout(batch["input_ids"], batch["attention_mask"], mask,
                    host(logps).astype(np.float32), host(ref_logps).astype(np.float32),
                    host(entropy).astype(np.float32), values.astype(np.float32),
@@ -204,9 +210,8 @@ class Rollouts:
 
     def sample(self, params, prompt_ids: Sequence[Sequence[int]], rng: jax.Array, *, n: int):
         """Samples only: (host batch, eos [B], response texts)."""
-        out = self.sampler(params, prompt_ids, rng, self.settings, n=n)
-        host = jax.device_get(out)
-        batch = {k: np.asarray(v) for k, v in jax.device_get(out.batch()).items()}
+        host = sharding.to_host(self.sampler(params, prompt_ids, rng, self.settings, n=n))
+        batch = {k: np.asarray(v) for k, v in jax.device_get(host.batch()).items()}
         eos = np.asarray(host.finish_reason_B) == 0
         lengths = np.asarray(host.mask_BT).sum(axis=1)
         texts = [self.decode(host.tokens_BT[r], int(lengths[r])) for r in range(len(lengths))]
