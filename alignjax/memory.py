@@ -175,9 +175,26 @@ def kv_cache_bytes(cfg: ModelConfig, shape: dict[str, int], rows: int, slots: in
     return 2 * cfg.num_layers * b * g * slots * cfg.head_dim * jnp.dtype(cfg.dtype).itemsize
 
 
+def loaded_baseline(config: ml_collections.ConfigDict) -> tuple[int, str]:
+    """(bytes, what they are) this process holds besides the parameters once the model and its
+    tokenizer are loaded as the runner loads them (one CPU device): Python, JAX, the libraries,
+    the tokenizer and what the loader leaves resident. Falls back to the imports alone when
+    the model cannot be loaded here (e.g. a plan for weights that are not on this machine)."""
+    import gc
+
+    try:
+        model, _, tokenizer = models.load(config.model, None)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        return process_rss_bytes(), f"imports only (the model was not loaded: {e})"
+    held = process_rss_bytes() - sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
+    del model, tokenizer
+    gc.collect()
+    return max(held, 0), "after loading the model and tokenizer, less the parameters"
+
+
 def plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The per-device memory plan of `config` on `config.plan.mesh` (bytes per term)."""
-    baseline = process_rss_bytes()
+    baseline, baseline_from = process_rss_bytes(), "imports"
     cfg = model_config(config)
     shape = plan_mesh_shape(config)
     devices = math.prod(shape.values())
@@ -207,8 +224,9 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
     terms["activations"] = max(temp - terms["gradients"], 0)
     terms["step outputs (metrics)"] = max(out_extra, 0)
     on_cpu = jax.default_backend() == "cpu" and not config.plan.get("hf_config")
-    if on_cpu and devices == 1:
-        terms["process baseline (CPU: Python, JAX, libraries)"] = baseline
+    if on_cpu and devices == 1:  # device memory is this process's memory
+        baseline, baseline_from = loaded_baseline(config)
+        terms["process baseline (CPU, model loaded)"] = baseline
     total = sum(terms.values())
     limit = float(config.plan.device_memory_gb) * GB
     largest = max(terms, key=terms.get)
@@ -218,7 +236,7 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "reference": ("none" if objectives.make(config.objective, config.loss.to_dict())
                           .reference is None else "cached log-probs" if config.ref_cache
                           else f"model in memory ({cfg.param_dtype} copy)"),
-            "activations_from": how,
+            "activations_from": how, "baseline_from": baseline_from,
             "terms": terms, "total": total, "device_memory": limit, "largest": largest,
             "fits": total <= limit, "advice": advice(config, cfg, shape, terms, total, limit)}
 
@@ -294,6 +312,8 @@ def format_plan(p: dict[str, Any]) -> str:
              f"{p['max_length']} tokens in {p['micro_batches']} micro-batch(es), "
              f"reference {p['reference']}",
              f"  activations: {p['activations_from']}",
+             *([f"  process baseline: {p['baseline_from']}"]
+               if any(k.startswith("process baseline") for k in p["terms"]) else []),
              "  per device:"]
     for name, value in p["terms"].items():
         lines.append(f"    {name:<48} {value / GB:9.3f} GB")

@@ -16,9 +16,15 @@ What is compared, and how exactly:
   - checkpoints: a run written by 2 processes resumes in 1, and one written by 1 resumes in 2;
     the resumed steps and final parameters match the uninterrupted run the same way.
 
+The RL loop (PPO: sampling, the VADER reward, reference, policy and critic forwards, GAE, both
+train steps, held-out evaluation, checkpoints, export) runs the same way in 1 and 2 processes:
+the same samples token for token, every logged number within float32 rounding, the exported
+policies within a thousandth of the learning rate (slow tier, about 200 s).
+
 Per-step losses are printed (run with -s to see them). The default tier runs the 1- and
 2-process comparison (about 80 s of compiling and training on 2 cores); the checkpoint
-round trips and the 4-process run are marked slow (`pytest -m slow tests/test_multiprocess.py`).
+round trips, the 4-process run and the RL loop are marked slow
+(`pytest -m slow tests/test_multiprocess.py`).
 """
 
 import json
