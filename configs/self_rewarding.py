@@ -12,8 +12,11 @@ score.
 Command:
   python -m alignjax.main --config configs/self_rewarding.py --workdir runs/self_rewarding
 
-Hardware: 2 CPU cores (float32). Runtime and result: experiments/RESULTS.md, "Iterative
-preference methods".
+Hardware: 2 CPU cores (float32). Measured (experiments/RESULTS.md, "Iterative preference
+methods", commit e60f352, 25 min 32 s beside another job, peak RSS 10.2 GB): the model's own
+ordering of two samples agrees with VADER's on 49.9%, 46.9% and 45.0% of about 330 pairs per
+round (chance); the held-out VADER reward ends at 0.160 (0.078 to 0.241) from 0.173, -0.129
+(-0.229 to -0.028) below offline DPO on the same budget.
 """
 
 from configs import online_dpo

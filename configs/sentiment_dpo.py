@@ -12,7 +12,9 @@ Hardware: 2 CPU cores (float32); no network, no files outside the repository.
 Result (experiments/RESULTS.md, "Main job"): held-out true reward 0.149 (95% CI 0.060 to
 0.238) before, 0.271 (0.187 to 0.355) after 30 steps; gain over the reference paired by prompt
 +0.122 (+0.024 to +0.220); KL to the reference 0.96 nats per response. About 18 minutes on 2
-CPU cores that other jobs shared for half of it. The run ends with that table and writes
+CPU cores that other jobs shared for half of it. Re-run at commit e60f352 (12 min 18 s, other
+samples from the same seed): 0.173 -> 0.288, gain +0.115 (+0.010 to +0.221), KL 0.87 nats
+("Iterative preference methods"). The run ends with that table and writes
 workdir/reward_kl.png.
 """
 

@@ -92,11 +92,17 @@ class RewardModel:
             lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        placed = evaluate_lib.to_device(batch, self.mesh)
+        placed = _placed(batch, self.mesh)
         values_BL = sharding.to_host(self._values(
             self.params, placed["input_ids"], placed["attention_mask"]))
         last_B = last_response_index(batch["loss_mask"])
         return values_BL[np.arange(len(last_B)), np.maximum(last_B, 0)].astype(np.float32)
+
+
+def _placed(batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
+    """The batch as global arrays, rows over the mesh's batch axes (every process holds it
+    whole); unchanged without a mesh."""
+    return batch if mesh is None else evaluate_lib.to_device(batch, mesh)
 
 
 def _timed(seconds: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
@@ -157,7 +163,7 @@ def assemble(forwards: Forwards, params, ref_params, batch: dict[str, np.ndarray
     raw = np.asarray(raw_scores, np.float32)
     eos = np.asarray(eos, bool)
     scores = raw - np.float32(no_eos_penalty) * (~eos).astype(np.float32)
-    placed = evaluate_lib.to_device(batch, forwards.mesh)  # rows over the mesh's batch axes
+    placed = _placed(batch, forwards.mesh)
     ref_logps = _timed(seconds, "reference", lambda: forwards.reference(ref_params, placed))
     logps, entropy = _timed(seconds, "policy", lambda: forwards.policy(params, placed))
     mask = batch["loss_mask"]
