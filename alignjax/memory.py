@@ -50,10 +50,11 @@ GB = 1e9
 _SEQ_FIELDS = ("input_ids", "attention_mask", "loss_mask")
 
 
-def process_rss_bytes() -> int:
-    """Resident memory of this process now (Linux /proc), 0 where it cannot be read."""
+def process_rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of process `pid` (default this one) now (Linux /proc), 0 where it
+    cannot be read."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024

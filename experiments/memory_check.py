@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from alignjax.memory import process_rss_bytes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["--config.steps=2", "--config.data.train_size=16", "--config.data.eval_size=8",
          "--config.eval_at_start=False", "--config.export=False", "--config.log_every=1",
@@ -31,17 +33,6 @@ SHORT = ["--config.steps=2", "--config.data.train_size=16", "--config.data.eval_
 # Phases of a training run, each starting where its text first appears in the output.
 PHASES = (("start", ""), ("data read", "data: "), ("reference pass", "reference (train)"),
           ("training steps", "/2 ["), ("held-out evaluation", "eval: "))
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def _child(args: list[str]) -> tuple[int, float, str, dict[str, float]]:
@@ -65,7 +56,7 @@ def _child(args: list[str]) -> tuple[int, float, str, dict[str, float]]:
                 phase = later[-1]
                 peaks.setdefault(PHASES[phase][0], 0.0)
             name = PHASES[phase][0]
-            peaks[name] = max(peaks[name], _rss(proc.pid) / 1e9)
+            peaks[name] = max(peaks[name], process_rss_bytes(proc.pid) / 1e9)
             time.sleep(0.2)
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
